@@ -1,0 +1,132 @@
+"""Atomic writes, tidy tables that carry their provenance, and clear errors for missing artifacts.
+
+Every file a stage writes goes to a temporary name beside its target and is renamed into place
+only once complete, so an interrupted stage never leaves a half-written output that a later stage
+could read. Tables are Parquet with the resolved parameters and the git revision in their schema
+metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PROVENANCE_KEY = b"study.provenance"
+
+
+class MissingArtifactError(FileNotFoundError):
+    """An input a stage needs does not exist; the message says which stage makes it."""
+
+
+def require(path: str | Path, made_by: str) -> Path:
+    """Return `path` if it exists, else raise naming it and the stage that produces it."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingArtifactError(f"{path}: missing artifact (made by {made_by}; run `dvc repro`)")
+    return path
+
+
+def git_revision(cwd: str | Path = ".") -> str:
+    """The current commit, with '-dirty' if the work tree differs; 'unknown' outside git."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def provenance(params: Any) -> dict[str, Any]:
+    """What made a result: the resolved parameters, the git revision and the time."""
+    resolved = params.to_dict() if hasattr(params, "to_dict") else params
+    return {
+        "git_revision": git_revision(),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "params": resolved,
+    }
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    Works for files and directories; on failure the temporary is removed and `path` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    target = tmp / path.name
+    try:
+        yield target
+        if not target.exists():
+            raise RuntimeError(f"{path}: nothing was written")
+        if path.is_dir() and not path.is_symlink():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(target, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(target, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_table(path: str | Path, df: pd.DataFrame, prov: dict[str, Any] | None = None) -> Path:
+    """Write a tidy table as Parquet, with `prov` (see `provenance`) in its schema metadata."""
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if prov is not None:
+        meta = dict(table.schema.metadata or {})
+        meta[PROVENANCE_KEY] = json.dumps(prov, default=str).encode()
+        table = table.replace_schema_metadata(meta)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
+def read_table(path: str | Path, made_by: str = "an earlier stage") -> pd.DataFrame:
+    """Read a table written by `write_table`; its provenance is in `df.attrs['provenance']`."""
+    path = require(path, made_by)
+    table = pq.read_table(path)
+    df = table.to_pandas()
+    raw = (table.schema.metadata or {}).get(PROVENANCE_KEY)
+    df.attrs["provenance"] = json.loads(raw) if raw else None
+    return df
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 130) -> Path:
+    """Save a matplotlib figure atomically (the format follows the suffix)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip("."))
+    return path

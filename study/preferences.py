@@ -1,0 +1,121 @@
+"""Preference pairs: gold labelling, seeded label noise, splits, and validation of rows.
+
+A pair is two responses to one prompt. The gold reward decides which is chosen; then a seeded
+Bernoulli(flip_rate) draw swaps a share of the labels (Coste et al. flip 25%), and the `flipped`
+column records which, so the clean label can always be recovered: the clean chosen is `chosen`
+where not flipped and `rejected` where flipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+class PreferenceDataError(ValueError):
+    """A malformed preference table; the message names the file, the row and the column."""
+
+
+class GoldLike(Protocol):
+    def score(self, prompts: Sequence[str], responses: Sequence[str], finished: Sequence[bool] | None = None): ...
+
+
+def label_pairs(
+    prompts: Sequence[str],
+    response_a: Sequence[str],
+    response_b: Sequence[str],
+    finished_a: Sequence[bool],
+    finished_b: Sequence[bool],
+    gold: GoldLike,
+    flip_rate: float,
+    rng: np.random.Generator,
+) -> pd.DataFrame:
+    """Gold-label B pairs, flip a Bernoulli(flip_rate) share, and return one row per pair.
+
+    Exact gold ties carry no preference and are dropped (the returned frame is shorter).
+    Columns: prompt, chosen, rejected, chosen_finished, rejected_finished, gold_chosen[_<component>],
+    gold_rejected[_<component>], gold_margin (clean chosen minus clean rejected), flipped.
+    """
+    n = len(prompts)
+    if not (len(response_a) == len(response_b) == len(finished_a) == len(finished_b) == n):
+        raise ValueError("prompts, responses and finished flags must have the same length")
+    ga = gold.score(prompts, response_a, finished_a).to_frame("gold")
+    gb = gold.score(prompts, response_b, finished_b).to_frame("gold")
+    a_better = (ga["gold"] > gb["gold"]).to_numpy()
+    tie = (ga["gold"] == gb["gold"]).to_numpy()
+    flipped = rng.random(n) < flip_rate  # drawn for every pair, so ties do not shift the stream
+    chosen_is_a = a_better ^ flipped
+    pick = lambda a, b, first: np.where(first, np.asarray(a, dtype=object), np.asarray(b, dtype=object))  # noqa: E731
+    df = pd.DataFrame(
+        {
+            "prompt": list(prompts),
+            "chosen": pick(response_a, response_b, chosen_is_a),
+            "rejected": pick(response_b, response_a, chosen_is_a),
+            "chosen_finished": np.where(chosen_is_a, finished_a, finished_b).astype(bool),
+            "rejected_finished": np.where(chosen_is_a, finished_b, finished_a).astype(bool),
+        }
+    )
+    for col in ga.columns:
+        df[col.replace("gold", "gold_chosen", 1)] = np.where(chosen_is_a, ga[col], gb[col])
+        df[col.replace("gold", "gold_rejected", 1)] = np.where(chosen_is_a, gb[col], ga[col])
+    df["gold_margin"] = np.abs(ga["gold"] - gb["gold"]).to_numpy()
+    df["flipped"] = flipped
+    return df.loc[~tie].reset_index(drop=True)
+
+
+def assign_splits(n: int, val_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """'train' / 'val' for n rows, exactly round(val_fraction * n) of them 'val', at random."""
+    n_val = max(1, round(val_fraction * n))
+    split = np.array(["train"] * n, dtype=object)
+    split[rng.permutation(n)[:n_val]] = "val"
+    return split
+
+
+def validate_preferences(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Check a preference table row by row; raise PreferenceDataError naming `where`, row and column."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise PreferenceDataError(
+            f"{where}: missing column(s) {', '.join(missing)} (have: {', '.join(map(str, df.columns))})"
+        )
+    for col in REQUIRED_COLUMNS:
+        for i, v in enumerate(df[col].tolist()):
+            if not isinstance(v, str):
+                raise PreferenceDataError(f"{where}: row {i}: column '{col}' must be text, got {type(v).__name__} ({v!r})")
+            if not v.strip():
+                raise PreferenceDataError(f"{where}: row {i}: column '{col}' is empty")
+    if "label" in df.columns:
+        bad = ~df["label"].isin(["chosen", "rejected"])
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise PreferenceDataError(
+                f"{where}: row {i}: column 'label' is {df['label'].iloc[i]!r}, expected 'chosen' or 'rejected'"
+            )
+    if "flipped" in df.columns and df["flipped"].dtype != bool:
+        raise PreferenceDataError(f"{where}: column 'flipped' must be boolean, got {df['flipped'].dtype}")
+    if {"gold_chosen", "gold_rejected", "flipped"} <= set(df.columns):
+        expect = (df["gold_chosen"] < df["gold_rejected"]).to_numpy()
+        bad = expect != df["flipped"].to_numpy()
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise PreferenceDataError(
+                f"{where}: row {i}: 'flipped' is {bool(df['flipped'].iloc[i])} but gold says "
+                f"chosen={df['gold_chosen'].iloc[i]:.4f}, rejected={df['gold_rejected'].iloc[i]:.4f}"
+            )
+    return df
+
+
+def clean_labels(df: pd.DataFrame) -> pd.DataFrame:
+    """The same pairs with the flips undone: `chosen` is the gold-preferred response."""
+    out = df.copy()
+    f = out["flipped"].to_numpy()
+    for a, b in (("chosen", "rejected"), ("chosen_finished", "rejected_finished"), ("gold_chosen", "gold_rejected")):
+        if a in out and b in out:
+            out.loc[f, [a, b]] = out.loc[f, [b, a]].to_numpy()
+    out["flipped"] = False
+    return out

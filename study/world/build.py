@@ -1,0 +1,220 @@
+"""Build the world stage's artifacts: tokenizer, SFT policy, prompts, preference pairs, SFT samples.
+
+`build_world(params, out_dir)` is the whole stage as one function; the notebook
+`notebooks/01_world.ipynb` calls it and draws. Everything lands in a temporary directory that is
+renamed onto `out_dir` only when complete. Layout of `out_dir`:
+
+    tokenizer/                 Hugging Face tokenizer
+    policy/                    Hugging Face causal LM (the SFT policy = PPO's reference), + tokenizer
+    corpus.parquet             the generated SFT corpus (embedded world only)
+    sft_history.parquet        SFT losses by step (embedded world only)
+    prompts.parquet            prompts for optimisation ('rl') and evaluation ('eval')
+    preferences/train.parquet  labelled, noisy pairs; preferences/val.parquet likewise
+    sft_samples.parquet        fresh SFT samples on eval prompts with gold and its components
+    summary.json               measured facts about the world, with provenance
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from study.config import Params
+from study.generation import format_queries, sample
+from study.hub import HubGold, load_policy, load_table, load_tokenizer
+from study.io import atomic_path, provenance, read_table, require, write_json, write_table
+from study.preferences import assign_splits, label_pairs, validate_preferences
+from study.world.gold import EmbeddedGold
+from study.world.grammar import is_grammatical, parse_instruction, sample_corpus, sample_instructions, split_sentences
+from study.world.sft import build_policy, encode_sft, train_sft
+from study.world.tokenizer import train_tokenizer
+
+# Seed offsets, so that each random stream of the world is independent of the others.
+SEED_CORPUS, SEED_INIT, SEED_DATA, SEED_PROMPTS, SEED_PAIRS, SEED_FLIPS, SEED_SAMPLES = range(7)
+
+
+def make_gold(params: Params) -> Any:
+    """The gold reward named by `sources.gold`."""
+    if params.sources.gold == "embedded":
+        return EmbeddedGold(params.gold)
+    return HubGold(params.sources.gold, params.sources.prompt_template)
+
+
+def grammatical_share(response: str) -> float:
+    """Share of a response's sentences (an unfinished tail counts as one) that the grammar accepts."""
+    sentences, tail = split_sentences(response)
+    n = len(sentences) + (1 if tail else 0)
+    return sum(is_grammatical(s) for s in sentences) / n if n else 0.0
+
+
+def _describe_prompts(prompts: list[str]) -> pd.DataFrame:
+    rows = []
+    for p in prompts:
+        try:
+            ins = parse_instruction(p)
+            rows.append({"topic": ins.topic, "tone": ins.tone, "length": ins.length or "medium", "form": ins.form})
+        except ValueError:
+            rows.append({"topic": None, "tone": None, "length": None, "form": None})
+    return pd.DataFrame(rows)
+
+
+def _seed(params: Params, offset: int) -> int:
+    return params.run.seed * 1000 + offset
+
+
+def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Make every artifact of the world stage under `out_dir` (atomically); return the summary."""
+    torch.set_num_threads(params.run.threads)
+    timings: dict[str, float] = {}
+    summary: dict[str, Any] = {"profile": params.profile}
+    src = params.sources
+    with atomic_path(out_dir) as out:
+        out.mkdir(parents=True)
+        t0 = time.perf_counter()
+
+        # 1. prompts, corpus and tokenizer
+        if src.prompts == "embedded":
+            rng = np.random.default_rng(_seed(params, SEED_PROMPTS))
+            n_rl, n_eval = params.world.n_rl_prompts, params.world.n_eval_prompts
+            pool = [i.text for i in sample_instructions(params.world, n_rl + n_eval, rng)]
+        else:
+            table = load_table(src.prompts, "sources.prompts", ["prompt"])
+            rng = np.random.default_rng(_seed(params, SEED_PROMPTS))
+            n_eval = min(params.world.n_eval_prompts, max(1, len(table) // 10))
+            n_rl = min(params.world.n_rl_prompts, len(table) - n_eval)
+            pool = table["prompt"].iloc[rng.permutation(len(table))[: n_rl + n_eval]].tolist()
+        prompts = pd.DataFrame({"prompt": pool, "split": ["rl"] * n_rl + ["eval"] * n_eval})
+        prompts = pd.concat([prompts, _describe_prompts(pool)], axis=1)
+
+        if src.embedded_policy:
+            rng = np.random.default_rng(_seed(params, SEED_CORPUS))
+            instructions, responses, quality = sample_corpus(params.world, params.world.corpus_size, rng)
+            corpus = pd.DataFrame({"prompt": [i.text for i in instructions], "response": responses, "quality": quality})
+            corpus["split"] = assign_splits(len(corpus), params.world.corpus_val_fraction, rng)
+            timings["corpus_s"] = time.perf_counter() - t0
+            tokenizer = train_tokenizer([*corpus["prompt"], *corpus["response"]])
+            tokenizer.save_pretrained(out / "tokenizer")
+        else:
+            tok_source = src.policy if src.tokenizer == "policy" else src.tokenizer
+            tokenizer = load_tokenizer(tok_source)
+            tokenizer.save_pretrained(out / "tokenizer")
+
+        # 2. the SFT policy
+        t1 = time.perf_counter()
+        if src.embedded_policy:
+            queries = format_queries(corpus["prompt"].tolist(), src.prompt_template)
+            ids, mask, labels, kept = encode_sft(tokenizer, queries, corpus["response"].tolist(), params.sft.max_length)
+            is_val = (corpus["split"] == "val").to_numpy()[kept]
+            train_t = (ids[~is_val], mask[~is_val], labels[~is_val])
+            val_t = (ids[is_val], mask[is_val], labels[is_val])
+            policy = build_policy(params.sft, tokenizer, seed=_seed(params, SEED_INIT))
+            history = train_sft(policy, train_t, val_t, params.sft, seed=_seed(params, SEED_DATA), progress=progress)
+            write_table(out / "corpus.parquet", corpus, provenance(params))
+            write_table(out / "sft_history.parquet", history, provenance(params))
+            summary["sft"] = {
+                "examples_too_long_dropped": int((~kept).sum()),
+                "parameters": sum(p.numel() for p in policy.parameters()),
+                "final_train_loss": float(history["train_loss"].tail(50).mean()),
+                "final_val_loss": float(history["val_loss"].dropna().iloc[-1]),
+            }
+        else:
+            policy = load_policy(src.policy)
+        policy.eval()
+        policy.save_pretrained(out / "policy")
+        tokenizer.save_pretrained(out / "policy")
+        timings["sft_s"] = time.perf_counter() - t1
+
+        write_table(out / "prompts.parquet", prompts, provenance(params))
+        gold = make_gold(params)
+
+        # 3. preference pairs: two policy samples per prompt (or a dataset), gold labels, flips
+        t2 = time.perf_counter()
+        pref = params.preferences
+        if src.preferences == "embedded":
+            rng = np.random.default_rng(_seed(params, SEED_PAIRS))
+            n_draw = int(pref.n_pairs * 1.15) + 8  # a margin for gold ties, which are dropped
+            if src.prompts == "embedded":
+                pair_prompts = [i.text for i in sample_instructions(params.world, n_draw, rng)]
+            else:
+                pair_prompts = prompts["prompt"].iloc[rng.integers(len(prompts), size=n_draw)].tolist()
+            queries = format_queries(pair_prompts, src.prompt_template)
+            doubled = [q for q in queries for _ in range(2)]  # a and b of pair i are rows 2i, 2i+1
+            s = sample(policy, tokenizer, doubled, params.sampling, seed=_seed(params, SEED_PAIRS), progress=progress)
+            a, b = s.texts[0::2], s.texts[1::2]
+            fa, fb = s.finished[0::2], s.finished[1::2]
+        else:
+            table = load_table(src.preferences, "sources.preferences", ["prompt", "chosen", "rejected"])
+            validate_preferences(table, src.preferences)
+            table = table.iloc[: int(pref.n_pairs * 1.15) + 8]
+            pair_prompts, a, b = table["prompt"].tolist(), table["chosen"].tolist(), table["rejected"].tolist()
+            fa = fb = np.ones(len(table), dtype=bool)
+        flip_rate = pref.flip_rate if (src.preferences == "embedded" or src.relabel_with_gold) else 0.0
+        pairs = label_pairs(pair_prompts, a, b, fa, fb, gold, flip_rate, np.random.default_rng(_seed(params, SEED_FLIPS)))
+        n_ties = len(pair_prompts) - len(pairs)
+        if len(pairs) < pref.n_pairs and src.preferences == "embedded":
+            raise RuntimeError(f"preferences.n_pairs={pref.n_pairs}: only {len(pairs)} untied pairs were drawn")
+        pairs = pairs.iloc[: pref.n_pairs].reset_index(drop=True)
+        pairs.insert(0, "pair_id", np.arange(len(pairs)))
+        pairs.insert(1, "split", assign_splits(len(pairs), pref.val_fraction, np.random.default_rng(_seed(params, SEED_FLIPS) + 1)))
+        (out / "preferences").mkdir()
+        for split in ("train", "val"):
+            part = pairs[pairs["split"] == split].reset_index(drop=True)
+            validate_preferences(part, f"preferences/{split}")
+            write_table(out / "preferences" / f"{split}.parquet", part, provenance(params))
+        timings["preferences_s"] = time.perf_counter() - t2
+
+        # 4. fresh SFT samples on eval prompts, for the report: gold by component
+        t3 = time.perf_counter()
+        eval_prompts = prompts.loc[prompts["split"] == "eval", "prompt"].tolist()
+        reps = -(-pref.n_samples_report // len(eval_prompts))
+        report_prompts = (eval_prompts * reps)[: pref.n_samples_report]
+        s = sample(policy, tokenizer, format_queries(report_prompts, src.prompt_template), params.sampling, seed=_seed(params, SEED_SAMPLES), progress=progress)
+        samples = pd.DataFrame({"prompt": report_prompts, "response": s.texts, "finished": s.finished})
+        samples["n_tokens"] = s.response_mask.sum(1).numpy()
+        samples = pd.concat([samples, gold.score(report_prompts, s.texts, s.finished).to_frame("gold")], axis=1)
+        if src.gold == "embedded":
+            samples["grammatical"] = [grammatical_share(r) for r in s.texts]
+        write_table(out / "sft_samples.parquet", samples, provenance(params))
+        timings["samples_s"] = time.perf_counter() - t3
+        timings["total_s"] = time.perf_counter() - t0
+
+        summary.update(
+            {
+                "n_pairs": len(pairs),
+                "n_train_pairs": int((pairs["split"] == "train").sum()),
+                "n_val_pairs": int((pairs["split"] == "val").sum()),
+                "gold_ties_dropped": int(n_ties),
+                "flip_rate_param": flip_rate,
+                "flip_rate_measured": float(pairs["flipped"].mean()),
+                "pairs_gold_margin_mean": float(pairs["gold_margin"].mean()),
+                "sft_samples": {
+                    "n": len(samples),
+                    "eos_share": float(samples["finished"].mean()),
+                    "grammatical_share": float(samples["grammatical"].mean()) if "grammatical" in samples else None,
+                    "gold_mean": float(samples["gold"].mean()),
+                    "gold_std": float(samples["gold"].std()),
+                    "mean_tokens": float(samples["n_tokens"].mean()),
+                },
+                "timings_s": {k: round(v, 2) for k, v in timings.items()},
+                "provenance": provenance(params),
+            }
+        )
+        write_json(out / "summary.json", summary)
+    return summary
+
+
+def load_summary(world_dir: str | Path) -> dict[str, Any]:
+    """The summary that `build_world` wrote."""
+    return json.loads(require(Path(world_dir) / "summary.json", "the world stage").read_text())
+
+
+def load_preferences(world_dir: str | Path, split: str) -> pd.DataFrame:
+    """A validated preference split ('train' or 'val') of a built world."""
+    path = Path(world_dir) / "preferences" / f"{split}.parquet"
+    return validate_preferences(read_table(path, "the world stage"), str(path))

@@ -1,0 +1,97 @@
+import copy
+
+import pytest
+import yaml
+
+from study.config import ConfigError, describe, load_params, params_from_dict
+from tests.conftest import ROOT
+
+RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def write(tmp_path, raw):
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+@pytest.mark.parametrize("profile", ["smoke", "default", "paper"])
+def test_repository_params_load_every_profile(profile):
+    params = load_params(ROOT / "params.yaml", profile)
+    assert params.profile == profile
+    assert params.preferences.flip_rate == RAW["default"]["preferences"]["flip_rate"]
+
+
+def test_profile_overrides_apply_on_top_of_default():
+    smoke = load_params(ROOT / "params.yaml", "smoke")
+    assert smoke.sft.steps == RAW["smoke"]["sft"]["steps"]
+    assert smoke.sft.lr == RAW["default"]["sft"]["lr"]  # not overridden: inherited
+    assert load_params(ROOT / "params.yaml", "paper").sources.tokenizer == "policy"
+
+
+def test_selected_profile_is_read_from_the_file(tmp_path):
+    raw = copy.deepcopy(RAW)
+    raw["profile"] = "smoke"
+    assert load_params(write(tmp_path, raw)).profile == "smoke"
+
+
+def test_params_are_frozen():
+    params = load_params(ROOT / "params.yaml", "default")
+    with pytest.raises(AttributeError):
+        params.sft.steps = 3
+
+
+@pytest.mark.parametrize(
+    "mutate, fragment",
+    [
+        (lambda r: r["default"]["sft"].update(stepz=3), "default.sft.stepz: unknown key"),
+        (lambda r: r["smoke"]["sft"].update(stepz=3), "smoke.sft.stepz: unknown key"),
+        (lambda r: r["default"].update(rewardz={}), "default.rewardz: unknown section"),
+        (lambda r: r.update(profiles={}), "profiles: unknown top-level key"),
+        (lambda r: r["default"]["sft"].update(steps="many"), "default.sft.steps: expected int, got str"),
+        (lambda r: r["default"]["sft"].update(steps=2.5), "default.sft.steps: expected int, got float"),
+        (lambda r: r["default"]["sources"].update(relabel_with_gold=1), "relabel_with_gold: expected bool"),
+        (lambda r: r["smoke"].update(sft=[1, 2]), "smoke.sft: must be a mapping"),
+        (lambda r: r["default"]["sft"].update(n_head=3), "sft.n_head: must divide sft.n_embd"),
+        (lambda r: r["default"]["preferences"].update(flip_rate=0.5), "preferences.flip_rate"),
+        (lambda r: r["default"]["sampling"].update(max_new_tokens=200), "sampling.max_new_tokens: must be < sft.max_length"),
+        (lambda r: r["default"]["sources"].update(policy="gpt2"), "sources.tokenizer: a hub/directory policy"),
+        (lambda r: r["default"]["sources"].update(prompts="my/prompts"), "sources.gold: the embedded gold"),
+        (lambda r: r["default"]["sources"].update(prompt_template="no slot"), "sources.prompt_template"),
+        (lambda r: r.update(profile="huge"), "unknown profile 'huge'"),
+        (lambda r: r.pop("default"), "missing the 'default' profile"),
+        (lambda r: r["default"].pop("gold"), "default: missing section(s) gold"),
+    ],
+)
+def test_bad_files_are_rejected_with_the_key_and_the_file(tmp_path, mutate, fragment):
+    raw = copy.deepcopy(RAW)
+    mutate(raw)
+    path = write(tmp_path, raw)
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert fragment in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_float_fields_accept_ints_and_exponent_strings():
+    raw = copy.deepcopy(RAW)
+    raw["default"]["sft"]["lr"] = 1
+    raw["default"]["sft"]["weight_decay"] = "1e-3"  # what PyYAML makes of 1e-3
+    params = params_from_dict(raw, "default")
+    assert params.sft.lr == 1.0 and isinstance(params.sft.lr, float)
+    assert params.sft.weight_decay == pytest.approx(1e-3)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("default: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_every_field_is_documented():
+    for line in describe().splitlines():
+        if line.startswith("  "):
+            assert line.split(": ", 1)[1].strip(), line

@@ -1,0 +1,52 @@
+import json
+
+import pandas as pd
+import pytest
+
+from study.io import MissingArtifactError, atomic_path, read_table, require, write_json, write_table
+
+
+def test_atomic_file_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError, match="boom"), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("boom")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_directory_replaces_the_old_one_only_when_complete(tmp_path):
+    target = tmp_path / "world"
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "a.txt").write_text("1")
+    with pytest.raises(KeyError), atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "a.txt").write_text("2")
+        raise KeyError("interrupted")
+    assert (target / "a.txt").read_text() == "1"  # the complete old output survives
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "b.txt").write_text("3")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["world"]
+
+
+def test_tables_carry_provenance(tmp_path):
+    df = pd.DataFrame({"step": [1, 2], "gold": [0.5, 0.7]})
+    write_table(tmp_path / "t.parquet", df, {"git_revision": "abc", "params": {"x": 1}})
+    back = read_table(tmp_path / "t.parquet")
+    pd.testing.assert_frame_equal(back, df)
+    assert back.attrs["provenance"]["params"] == {"x": 1}
+
+
+def test_missing_artifacts_name_the_file_and_the_stage(tmp_path):
+    with pytest.raises(MissingArtifactError, match=r"nope.parquet: missing artifact \(made by the world stage"):
+        read_table(tmp_path / "nope.parquet", "the world stage")
+    with pytest.raises(MissingArtifactError):
+        require(tmp_path / "x", "somewhere")
+
+
+def test_write_json(tmp_path):
+    write_json(tmp_path / "m.json", {"a": 1.5})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1.5}
