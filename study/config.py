@@ -51,7 +51,9 @@ def _check(cond: bool, key: str, msg: str) -> None:
 
 @dataclass(frozen=True)
 class RunConfig:
-    seed: int = _f(0, "Base seed of the world: corpus, SFT initialisation and data order, pairs, flips.")
+    seed: int = _f(
+        0, "Base seed of the world: corpus, SFT initialisation and data order, pairs, flips."
+    )
     threads: int = _f(2, "torch intra-op threads; fixed so that CPU results repeat bit for bit.")
 
     def __post_init__(self) -> None:
@@ -60,16 +62,39 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class SourcesConfig:
-    policy: str = _f(EMBEDDED, "'embedded' (train the SFT policy on the generated corpus) or a Hugging Face id / directory of a causal LM.")
-    tokenizer: str = _f(EMBEDDED, "'embedded' (train a word-level tokenizer), 'policy' (the policy's own) or a Hugging Face id / directory.")
-    prompts: str = _f(EMBEDDED, "'embedded' (generated instructions) or a dataset id / directory / parquet file with a 'prompt' column.")
-    preferences: str = _f(EMBEDDED, "'embedded' (pairs sampled from the policy, labelled by gold) or a dataset id / directory / parquet file with prompt, chosen, rejected columns.")
-    gold: str = _f(EMBEDDED, "'embedded' (the documented grammar-world gold reward) or a Hugging Face id / directory of a sequence-classification reward model.")
-    prompt_template: str = _f("{prompt} <sep>", "How a prompt is shown to the policy and the reward models; must contain '{prompt}'.")
-    relabel_with_gold: bool = _f(True, "For a preference dataset: relabel each pair with the gold reward (Coste et al.) instead of keeping its labels.")
+    policy: str = _f(
+        EMBEDDED,
+        "'embedded' (train the SFT policy on the generated corpus) or a Hugging Face id / directory of a causal LM.",
+    )
+    tokenizer: str = _f(
+        EMBEDDED,
+        "'embedded' (train a word-level tokenizer), 'policy' (the policy's own) or a Hugging Face id / directory.",
+    )
+    prompts: str = _f(
+        EMBEDDED,
+        "'embedded' (generated instructions) or a dataset id / directory / parquet file with a 'prompt' column.",
+    )
+    preferences: str = _f(
+        EMBEDDED,
+        "'embedded' (pairs sampled from the policy, labelled by gold) or a dataset id / directory / parquet file with prompt, chosen, rejected columns.",
+    )
+    gold: str = _f(
+        EMBEDDED,
+        "'embedded' (the documented grammar-world gold reward) or a Hugging Face id / directory of a sequence-classification reward model.",
+    )
+    prompt_template: str = _f(
+        "{prompt} <sep>",
+        "How a prompt is shown to the policy and the reward models; must contain '{prompt}'.",
+    )
+    relabel_with_gold: bool = _f(
+        True,
+        "For a preference dataset: relabel each pair with the gold reward (Coste et al.) instead of keeping its labels.",
+    )
 
     def __post_init__(self) -> None:
-        _check("{prompt}" in self.prompt_template, "sources.prompt_template", "must contain '{prompt}'")
+        _check(
+            "{prompt}" in self.prompt_template, "sources.prompt_template", "must contain '{prompt}'"
+        )
         for name in ("policy", "tokenizer", "prompts", "preferences", "gold"):
             _check(bool(getattr(self, name).strip()), f"sources.{name}", "must not be empty")
         if self.policy != EMBEDDED:
@@ -102,15 +127,33 @@ class WorldConfig:
     n_topics: int = _f(6, "Topics in the world (at most 6), each with its own nouns.")
     n_tones: int = _f(4, "Requested tones (at most 4), each with its own adjectives.")
     corpus_size: int = _f(30000, "Instruction-response examples generated for SFT.")
-    corpus_val_fraction: float = _f(0.05, "Share of the corpus held out to measure SFT validation loss.")
-    quality_alpha: float = _f(1.5, "Beta(alpha, beta) law of a corpus response's latent quality; flaws get rarer as quality rises.")
+    corpus_val_fraction: float = _f(
+        0.05, "Share of the corpus held out to measure SFT validation loss."
+    )
+    quality_alpha: float = _f(
+        1.5,
+        "Beta(alpha, beta) law of a corpus response's latent quality; flaws get rarer as quality rises.",
+    )
     quality_beta: float = _f(1.5, "See quality_alpha.")
-    p_drift: float = _f(0.35, "At quality 0: chance that a sentence drifts to another topic (scaled by 1 - quality).")
-    p_wrong_tone: float = _f(0.35, "At quality 0: chance that a sentence takes another tone's words.")
-    p_broken: float = _f(0.4, "At quality 0: chance that a sentence's grammar is broken (swap, drop, duplicate or stray word).")
+    p_drift: float = _f(
+        0.35,
+        "At quality 0: chance that a sentence drifts to another topic (scaled by 1 - quality).",
+    )
+    p_wrong_tone: float = _f(
+        0.35, "At quality 0: chance that a sentence takes another tone's words."
+    )
+    p_broken: float = _f(
+        0.4,
+        "At quality 0: chance that a sentence's grammar is broken (swap, drop, duplicate or stray word).",
+    )
     p_repeat: float = _f(0.35, "At quality 0: chance that a sentence repeats an earlier one.")
-    p_filler: float = _f(0.25, "Chance that a sentence is generic (no topic noun), at every quality.")
-    length_sd: float = _f(1.5, "Spread (sentences) of a response's length around the requested length, at quality 0; halves at quality 1.")
+    p_filler: float = _f(
+        0.25, "Chance that a sentence is generic (no topic noun), at every quality."
+    )
+    length_sd: float = _f(
+        1.5,
+        "Spread (sentences) of a response's length around the requested length, at quality 0; halves at quality 1.",
+    )
     max_sentences: int = _f(8, "Longest response in the corpus, in sentences.")
     n_rl_prompts: int = _f(2048, "Prompts drawn for policy optimisation (train split).")
     n_eval_prompts: int = _f(128, "Held-out prompts for evaluating policies.")
@@ -119,33 +162,58 @@ class WorldConfig:
         _check(2 <= self.n_topics <= 6, "world.n_topics", "must be in [2, 6]")
         _check(2 <= self.n_tones <= 4, "world.n_tones", "must be in [2, 4]")
         _check(self.corpus_size >= 10, "world.corpus_size", "must be >= 10")
-        _check(0.0 < self.corpus_val_fraction < 0.5, "world.corpus_val_fraction", "must be in (0, 0.5)")
-        _check(self.quality_alpha > 0 and self.quality_beta > 0, "world.quality_alpha", "Beta parameters must be > 0")
+        _check(
+            0.0 < self.corpus_val_fraction < 0.5, "world.corpus_val_fraction", "must be in (0, 0.5)"
+        )
+        _check(
+            self.quality_alpha > 0 and self.quality_beta > 0,
+            "world.quality_alpha",
+            "Beta parameters must be > 0",
+        )
         for name in ("p_drift", "p_wrong_tone", "p_broken", "p_repeat", "p_filler"):
-            _check(0.0 <= getattr(self, name) <= 1.0, f"world.{name}", "must be a probability in [0, 1]")
+            _check(
+                0.0 <= getattr(self, name) <= 1.0,
+                f"world.{name}",
+                "must be a probability in [0, 1]",
+            )
         _check(self.length_sd >= 0, "world.length_sd", "must be >= 0")
-        _check(self.max_sentences >= 6, "world.max_sentences", "must be >= 6 (the longest requested length)")
+        _check(
+            self.max_sentences >= 6,
+            "world.max_sentences",
+            "must be >= 6 (the longest requested length)",
+        )
         _check(self.n_rl_prompts >= 1, "world.n_rl_prompts", "must be >= 1")
         _check(self.n_eval_prompts >= 1, "world.n_eval_prompts", "must be >= 1")
 
 
 @dataclass(frozen=True)
 class GoldConfig:
-    relevance_scale: float = _f(2.5, "Distinct on-topic nouns for relevance to reach 1 - 1/e: relevance = 1 - exp(-distinct / scale).")
+    relevance_scale: float = _f(
+        2.5,
+        "Distinct on-topic nouns for relevance to reach 1 - 1/e: relevance = 1 - exp(-distinct / scale).",
+    )
     offtopic_penalty: float = _f(0.2, "Relevance lost per distinct noun of another topic.")
     tone_scale: float = _f(2.0, "Distinct tone words for the tone term to reach 1 - 1/e.")
     wrong_tone_penalty: float = _f(0.2, "Tone term lost per distinct adjective of another tone.")
     w_relevance: float = _f(1.0, "Weight of relevance in the gold total.")
     w_tone: float = _f(1.0, "Weight of tone match.")
     w_fluency: float = _f(1.0, "Weight of fluency (share of grammatical sentences).")
-    w_length: float = _f(0.5, "Weight of the length term (a bump at the requested number of sentences).")
-    w_repetition: float = _f(1.5, "Weight of the repetition penalty (share of repeated word trigrams).")
+    w_length: float = _f(
+        0.5, "Weight of the length term (a bump at the requested number of sentences)."
+    )
+    w_repetition: float = _f(
+        1.5, "Weight of the repetition penalty (share of repeated word trigrams)."
+    )
     w_eos: float = _f(1.0, "Penalty for a response that never ends (no end-of-sequence).")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check(getattr(self, f.name) >= 0, f"gold.{f.name}", "must be >= 0")
-        _check(self.relevance_scale > 0 and self.tone_scale > 0, "gold.relevance_scale", "scales must be > 0")
+        _check(
+            self.relevance_scale > 0 and self.tone_scale > 0,
+            "gold.relevance_scale",
+            "scales must be > 0",
+        )
 
 
 @dataclass(frozen=True)
@@ -165,9 +233,15 @@ class SFTConfig:
 
     def __post_init__(self) -> None:
         _check(self.n_layer >= 1, "sft.n_layer", "must be >= 1")
-        _check(self.n_embd % self.n_head == 0, "sft.n_head", f"must divide sft.n_embd ({self.n_embd})")
+        _check(
+            self.n_embd % self.n_head == 0, "sft.n_head", f"must divide sft.n_embd ({self.n_embd})"
+        )
         _check(self.max_length >= 32, "sft.max_length", "must be >= 32")
-        _check(self.steps >= 1 and self.batch_size >= 1, "sft.steps", "steps and batch_size must be >= 1")
+        _check(
+            self.steps >= 1 and self.batch_size >= 1,
+            "sft.steps",
+            "steps and batch_size must be >= 1",
+        )
         _check(self.lr > 0, "sft.lr", "must be > 0")
         _check(0 <= self.warmup_steps < self.steps, "sft.warmup_steps", "must be in [0, sft.steps)")
         _check(self.grad_clip > 0, "sft.grad_clip", "must be > 0")
@@ -180,7 +254,9 @@ class SamplingConfig:
     temperature: float = _f(1.0, "Sampling temperature of the policy.")
     top_k: int = _f(0, "Top-k filter (0 = off).")
     top_p: float = _f(1.0, "Nucleus filter (1.0 = off).")
-    max_new_tokens: int = _f(64, "Longest response in tokens; a response cut here has no end-of-sequence.")
+    max_new_tokens: int = _f(
+        64, "Longest response in tokens; a response cut here has no end-of-sequence."
+    )
     batch_size: int = _f(256, "Prompts per generate() call.")
 
     def __post_init__(self) -> None:
@@ -196,12 +272,18 @@ class PreferencesConfig:
     n_pairs: int = _f(6000, "Preference pairs (two policy samples of one prompt each).")
     val_fraction: float = _f(0.15, "Share of pairs in the validation split.")
     flip_rate: float = _f(0.25, "Share of labels flipped at random (Coste et al. use 0.25).")
-    n_samples_report: int = _f(1000, "SFT samples scored by gold for the world report (component figure, metrics).")
+    n_samples_report: int = _f(
+        1000, "SFT samples scored by gold for the world report (component figure, metrics)."
+    )
 
     def __post_init__(self) -> None:
         _check(self.n_pairs >= 4, "preferences.n_pairs", "must be >= 4")
         _check(0.0 < self.val_fraction < 1.0, "preferences.val_fraction", "must be in (0, 1)")
-        _check(0.0 <= self.flip_rate < 0.5, "preferences.flip_rate", "must be in [0, 0.5): at 0.5 labels carry no signal")
+        _check(
+            0.0 <= self.flip_rate < 0.5,
+            "preferences.flip_rate",
+            "must be in [0, 0.5): at 0.5 labels carry no signal",
+        )
         _check(self.n_samples_report >= 1, "preferences.n_samples_report", "must be >= 1")
 
 
@@ -270,7 +352,9 @@ def _coerce(value: Any, hint: Any) -> Any:
 def _check_section(cls: type, raw: Any, where: str) -> None:
     """Keys and types of one section mapping (possibly partial), before merging."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: must be a mapping of {cls.__name__} fields, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{where}: must be a mapping of {cls.__name__} fields, got {type(raw).__name__}"
+        )
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
     for key, value in raw.items():
@@ -294,7 +378,9 @@ def _check_profile(raw: Any, where: str) -> None:
     if raw is None:
         return
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: a profile must be a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{where}: a profile must be a mapping of sections, got {type(raw).__name__}"
+        )
     for section, body in raw.items():
         if section not in SECTIONS:
             raise ConfigError(f"{where}.{section}: unknown section (known: {', '.join(SECTIONS)})")
@@ -311,12 +397,16 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def params_from_dict(raw: dict[str, Any], profile: str | None = None, where: str = "params") -> Params:
+def params_from_dict(
+    raw: dict[str, Any], profile: str | None = None, where: str = "params"
+) -> Params:
     """Validate a parsed `params.yaml` mapping and resolve one profile (default: its `profile` key)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: top level must be a mapping, got {type(raw).__name__}")
     if "default" not in raw:
-        raise ConfigError(f"{where}: missing the 'default' profile (the complete base every profile overrides)")
+        raise ConfigError(
+            f"{where}: missing the 'default' profile (the complete base every profile overrides)"
+        )
     for key, value in raw.items():
         if key == "profile":
             if not isinstance(value, str):
@@ -329,7 +419,9 @@ def params_from_dict(raw: dict[str, Any], profile: str | None = None, where: str
         _check_profile(value, f"{where}: {key}")
     name = profile if profile is not None else raw.get("profile", "default")
     if name not in PROFILE_NAMES:
-        raise ConfigError(f"{where}: profile: unknown profile {name!r} (known: {', '.join(PROFILE_NAMES)})")
+        raise ConfigError(
+            f"{where}: profile: unknown profile {name!r} (known: {', '.join(PROFILE_NAMES)})"
+        )
     if name != "default" and name not in raw:
         raise ConfigError(f"{where}: profile {name!r} is selected but has no block in the file")
     resolved = _merge(raw["default"] or {}, raw.get(name) or {} if name != "default" else {})

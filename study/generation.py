@@ -90,7 +90,9 @@ def sample(
     """Sample one response per query with the sampling settings of `cfg`, seeded by `seed`."""
     if not queries:
         raise ValueError("no queries to sample from")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
     eos_id = tokenizer.eos_token_id
     device = next(model.parameters()).device
     was_training = model.training

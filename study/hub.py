@@ -29,7 +29,11 @@ TABLE_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl
 
 
 def _looks_local(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or Path(source).exists() or Path(source).suffix in TABLE_SUFFIXES
+    return (
+        source.startswith((".", "/", "~"))
+        or Path(source).exists()
+        or Path(source).suffix in TABLE_SUFFIXES
+    )
 
 
 def _check_local(source: str, key: str) -> None:
@@ -45,8 +49,10 @@ def load_tokenizer(source: str, key: str = "sources.tokenizer") -> PreTrainedTok
     """AutoTokenizer from an id or directory; a tokenizer without pad uses EOS for padding."""
     _check_local(source, key)
     try:
-        tok = AutoTokenizer.from_pretrained(str(Path(source).expanduser()) if _looks_local(source) else source)
-    except Exception as e:  # noqa: BLE001 - re-raised with the key that named it
+        tok = AutoTokenizer.from_pretrained(
+            str(Path(source).expanduser()) if _looks_local(source) else source
+        )
+    except Exception as e:
         raise _wrap(key, source, e) from e
     if tok.eos_token_id is None:
         raise ValueError(f"{key}: tokenizer {source!r} has no end-of-sequence token")
@@ -55,17 +61,25 @@ def load_tokenizer(source: str, key: str = "sources.tokenizer") -> PreTrainedTok
     return tok
 
 
-def load_policy(source: str, key: str = "sources.policy", dtype: torch.dtype | None = None) -> PreTrainedModel:
+def load_policy(
+    source: str, key: str = "sources.policy", dtype: torch.dtype | None = None
+) -> PreTrainedModel:
     """AutoModelForCausalLM from an id or directory."""
     _check_local(source, key)
     try:
         path = str(Path(source).expanduser()) if _looks_local(source) else source
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype) if dtype else AutoModelForCausalLM.from_pretrained(path)
-    except Exception as e:  # noqa: BLE001
+        return (
+            AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            if dtype
+            else AutoModelForCausalLM.from_pretrained(path)
+        )
+    except Exception as e:
         raise _wrap(key, source, e) from e
 
 
-def load_table(source: str, key: str, columns: Sequence[str], split: str | None = "train") -> pd.DataFrame:
+def load_table(
+    source: str, key: str, columns: Sequence[str], split: str | None = "train"
+) -> pd.DataFrame:
     """A table from a Parquet/CSV/JSON(L) file, a `datasets.save_to_disk` directory, a directory
     of data files, or a hub dataset id; checks that `columns` are present."""
     _check_local(source, key)
@@ -74,12 +88,18 @@ def load_table(source: str, key: str, columns: Sequence[str], split: str | None 
         if path.is_file():
             kind = TABLE_SUFFIXES.get(path.suffix)
             if kind is None:
-                raise ValueError(f"unsupported file type {path.suffix!r} (use {', '.join(TABLE_SUFFIXES)})")
-            df = {"parquet": pd.read_parquet, "csv": pd.read_csv}.get(kind, lambda p: pd.read_json(p, lines=p.suffix == ".jsonl"))(path)
+                raise ValueError(
+                    f"unsupported file type {path.suffix!r} (use {', '.join(TABLE_SUFFIXES)})"
+                )
+            df = {"parquet": pd.read_parquet, "csv": pd.read_csv}.get(
+                kind, lambda p: pd.read_json(p, lines=p.suffix == ".jsonl")
+            )(path)
         else:
             import datasets  # imported here: slow to import and only this path needs it
 
-            if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+            if path.is_dir() and (
+                (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+            ):
                 ds = datasets.load_from_disk(str(path))
             else:
                 ds = datasets.load_dataset(str(path) if path.is_dir() else source)
@@ -88,11 +108,13 @@ def load_table(source: str, key: str, columns: Sequence[str], split: str | None 
                     raise ValueError(f"no split {split!r} (has: {', '.join(ds)})")
                 ds = ds[split]
             df = ds.to_pandas()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _wrap(key, source, e) from e
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ValueError(f"{key}: {source!r} lacks column(s) {', '.join(missing)} (has: {', '.join(map(str, df.columns))})")
+        raise ValueError(
+            f"{key}: {source!r} lacks column(s) {', '.join(missing)} (has: {', '.join(map(str, df.columns))})"
+        )
     return df
 
 
@@ -107,10 +129,12 @@ class HubGold:
             path = str(Path(source).expanduser()) if _looks_local(source) else source
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise _wrap("sources.gold", source, e) from e
         if self.model.config.num_labels != 1:
-            raise ValueError(f"sources.gold: {source!r} has num_labels={self.model.config.num_labels}; a gold reward model has 1")
+            raise ValueError(
+                f"sources.gold: {source!r} has num_labels={self.model.config.num_labels}; a gold reward model has 1"
+            )
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -120,12 +144,21 @@ class HubGold:
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def score(self, prompts: Sequence[str], responses: Sequence[str], finished: Sequence[bool] | None = None) -> GoldScores:
+    def score(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        finished: Sequence[bool] | None = None,
+    ) -> GoldScores:
         """The model's scalar score of each templated prompt + response; `finished` is not used."""
-        texts = [f"{self.template.format(prompt=p)} {r}" for p, r in zip(prompts, responses, strict=True)]
+        texts = [
+            f"{self.template.format(prompt=p)} {r}" for p, r in zip(prompts, responses, strict=True)
+        ]
         out = []
         for s in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[s : s + self.batch_size], return_tensors="pt", padding=True, truncation=True)
+            enc = self.tokenizer(
+                texts[s : s + self.batch_size], return_tensors="pt", padding=True, truncation=True
+            )
             out.append(self.model(**enc.to(self.device)).logits[:, 0].float().cpu())
         total = torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
         return GoldScores(total=total, contributions={"model": total.copy()})

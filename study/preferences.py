@@ -22,7 +22,12 @@ class PreferenceDataError(ValueError):
 
 
 class GoldLike(Protocol):
-    def score(self, prompts: Sequence[str], responses: Sequence[str], finished: Sequence[bool] | None = None): ...
+    def score(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        finished: Sequence[bool] | None = None,
+    ): ...
 
 
 def label_pairs(
@@ -34,8 +39,12 @@ def label_pairs(
     gold: GoldLike,
     flip_rate: float,
     rng: np.random.Generator,
+    labels_from_gold: bool = True,
 ) -> pd.DataFrame:
     """Gold-label B pairs, flip a Bernoulli(flip_rate) share, and return one row per pair.
+
+    With `labels_from_gold=False` (a dataset's own labels kept), `response_a` stays chosen and
+    `flipped` marks the pairs where gold disagrees with the dataset's label.
 
     Exact gold ties carry no preference and are dropped (the returned frame is shorter).
     Columns: prompt, chosen, rejected, chosen_finished, rejected_finished, gold_chosen[_<component>],
@@ -48,9 +57,16 @@ def label_pairs(
     gb = gold.score(prompts, response_b, finished_b).to_frame("gold")
     a_better = (ga["gold"] > gb["gold"]).to_numpy()
     tie = (ga["gold"] == gb["gold"]).to_numpy()
-    flipped = rng.random(n) < flip_rate  # drawn for every pair, so ties do not shift the stream
-    chosen_is_a = a_better ^ flipped
-    pick = lambda a, b, first: np.where(first, np.asarray(a, dtype=object), np.asarray(b, dtype=object))  # noqa: E731
+    if labels_from_gold:
+        flipped = rng.random(n) < flip_rate  # drawn for every pair, so ties do not shift the stream
+        chosen_is_a = a_better ^ flipped
+    else:
+        flipped = ~a_better
+        chosen_is_a = np.ones(n, dtype=bool)
+
+    def pick(a: Sequence[str], b: Sequence[str], first: np.ndarray) -> np.ndarray:
+        return np.where(first, np.asarray(a, dtype=object), np.asarray(b, dtype=object))
+
     df = pd.DataFrame(
         {
             "prompt": list(prompts),
@@ -86,7 +102,9 @@ def validate_preferences(df: pd.DataFrame, where: str) -> pd.DataFrame:
     for col in REQUIRED_COLUMNS:
         for i, v in enumerate(df[col].tolist()):
             if not isinstance(v, str):
-                raise PreferenceDataError(f"{where}: row {i}: column '{col}' must be text, got {type(v).__name__} ({v!r})")
+                raise PreferenceDataError(
+                    f"{where}: row {i}: column '{col}' must be text, got {type(v).__name__} ({v!r})"
+                )
             if not v.strip():
                 raise PreferenceDataError(f"{where}: row {i}: column '{col}' is empty")
     if "label" in df.columns:
@@ -97,7 +115,9 @@ def validate_preferences(df: pd.DataFrame, where: str) -> pd.DataFrame:
                 f"{where}: row {i}: column 'label' is {df['label'].iloc[i]!r}, expected 'chosen' or 'rejected'"
             )
     if "flipped" in df.columns and df["flipped"].dtype != bool:
-        raise PreferenceDataError(f"{where}: column 'flipped' must be boolean, got {df['flipped'].dtype}")
+        raise PreferenceDataError(
+            f"{where}: column 'flipped' must be boolean, got {df['flipped'].dtype}"
+        )
     if {"gold_chosen", "gold_rejected", "flipped"} <= set(df.columns):
         expect = (df["gold_chosen"] < df["gold_rejected"]).to_numpy()
         bad = expect != df["flipped"].to_numpy()
@@ -114,7 +134,11 @@ def clean_labels(df: pd.DataFrame) -> pd.DataFrame:
     """The same pairs with the flips undone: `chosen` is the gold-preferred response."""
     out = df.copy()
     f = out["flipped"].to_numpy()
-    for a, b in (("chosen", "rejected"), ("chosen_finished", "rejected_finished"), ("gold_chosen", "gold_rejected")):
+    for a, b in (
+        ("chosen", "rejected"),
+        ("chosen_finished", "rejected_finished"),
+        ("gold_chosen", "gold_rejected"),
+    ):
         if a in out and b in out:
             out.loc[f, [a, b]] = out.loc[f, [b, a]].to_numpy()
     out["flipped"] = False

@@ -39,7 +39,9 @@ def tiny_policy(tokenizer):
 
 
 def test_left_padding_does_not_change_the_next_token_distribution(tiny_policy, tokenizer):
-    q = tokenizer(["write a calm note about ocean . <sep>"], add_special_tokens=False)["input_ids"][0]
+    q = tokenizer(["write a calm note about ocean . <sep>"], add_special_tokens=False)["input_ids"][
+        0
+    ]
     ids, mask = left_pad([q, [*q, *q]], tokenizer.pad_token_id)  # row 0 gets len(q) pads
     alone = tiny_policy(input_ids=torch.tensor([q])).logits[0, -1]
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -49,7 +51,10 @@ def test_left_padding_does_not_change_the_next_token_distribution(tiny_policy, t
 
 def test_sample_is_seeded_and_well_formed(tiny_policy, tokenizer):
     cfg = SamplingConfig(max_new_tokens=12, batch_size=3)
-    queries = format_queries(["write a calm note about ocean .", "write a long angry story about city ."] * 4, "{prompt} <sep>")
+    queries = format_queries(
+        ["write a calm note about ocean .", "write a long angry story about city ."] * 4,
+        "{prompt} <sep>",
+    )
     a = sample(tiny_policy, tokenizer, queries, cfg, seed=7)
     b = sample(tiny_policy, tokenizer, queries, cfg, seed=7)
     c = sample(tiny_policy, tokenizer, queries, cfg, seed=8)
@@ -65,11 +70,23 @@ def test_sample_is_seeded_and_well_formed(tiny_policy, tokenizer):
 
 
 def test_generate_with_left_padding_matches_unpadded_greedy(tiny_policy, tokenizer):
-    short, long = "write a calm note about ocean . <sep>", "write a long angry story about city . <sep>"
+    short, long = (
+        "write a calm note about ocean . <sep>",
+        "write a long angry story about city . <sep>",
+    )
     both = tokenizer([short, long], add_special_tokens=False)["input_ids"]
     ids, mask = left_pad(both, tokenizer.pad_token_id)
-    kw = dict(do_sample=False, max_new_tokens=8, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    kw = dict(
+        do_sample=False,
+        max_new_tokens=8,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     batched = tiny_policy.generate(input_ids=ids, attention_mask=mask, **kw)[:, ids.shape[1] :]
-    alone = tiny_policy.generate(input_ids=torch.tensor([both[0]]), attention_mask=torch.ones(1, len(both[0]), dtype=torch.long), **kw)[:, len(both[0]) :]
+    alone = tiny_policy.generate(
+        input_ids=torch.tensor([both[0]]),
+        attention_mask=torch.ones(1, len(both[0]), dtype=torch.long),
+        **kw,
+    )[:, len(both[0]) :]
     n = alone.shape[1]
     assert batched[0, :n].tolist() == alone[0].tolist()

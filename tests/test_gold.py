@@ -20,14 +20,18 @@ def test_relevance_counts_distinct_on_topic_words_with_diminishing_returns():
     two = 1 - math.exp(-2 / CFG.relevance_scale)
     assert comp("the waves seems bright and i love the boat .")["relevance"] == pytest.approx(two)
     # repeating a word adds nothing
-    assert comp("the waves seems bright and i love the waves .")["relevance"] == pytest.approx(1 - math.exp(-1 / CFG.relevance_scale))
+    assert comp("the waves seems bright and i love the waves .")["relevance"] == pytest.approx(
+        1 - math.exp(-1 / CFG.relevance_scale)
+    )
     # each other-topic noun costs offtopic_penalty
     c = comp("the waves seems bright and i love the rocket .")["relevance"]
     assert c == pytest.approx(1 - math.exp(-1 / CFG.relevance_scale) - CFG.offtopic_penalty)
 
 
 def test_tone_counts_the_requested_tone_and_penalises_others():
-    assert comp("the waves seems bright .")["tone"] == pytest.approx(1 - math.exp(-1 / CFG.tone_scale))
+    assert comp("the waves seems bright .")["tone"] == pytest.approx(
+        1 - math.exp(-1 / CFG.tone_scale)
+    )
     assert comp("the waves seems grim .")["tone"] == pytest.approx(-CFG.wrong_tone_penalty)
     assert comp("the waves seems grim .", prompt="write a gloomy note about ocean .")["tone"] > 0
 
@@ -43,8 +47,12 @@ def test_length_peaks_at_the_requested_number_of_sentences():
     s = "the waves seems bright . "
     assert comp(s * 4)["length"] == pytest.approx(1.0)
     assert comp(s * 2)["length"] == pytest.approx(math.exp(-0.5 * (2 / 2) ** 2))
-    assert comp(s * 2, prompt="write a short cheerful note about ocean .")["length"] == pytest.approx(1.0)
-    assert comp(s * 6, prompt="write a long cheerful note about ocean .")["length"] == pytest.approx(1.0)
+    assert comp(s * 2, prompt="write a short cheerful note about ocean .")[
+        "length"
+    ] == pytest.approx(1.0)
+    assert comp(s * 6, prompt="write a long cheerful note about ocean .")[
+        "length"
+    ] == pytest.approx(1.0)
 
 
 def test_repetition_is_the_share_of_repeated_trigrams():
@@ -52,7 +60,11 @@ def test_repetition_is_the_share_of_repeated_trigrams():
     r = "the waves seems bright . the waves seems bright ."
     words = r.split()
     tri = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
-    assert comp(r)["repetition"] == pytest.approx(1 - len(set(tri)) / len(tri)) == pytest.approx(1 - 5 / 8)
+    assert (
+        comp(r)["repetition"]
+        == pytest.approx(1 - len(set(tri)) / len(tri))
+        == pytest.approx(1 - 5 / 8)
+    )
     assert comp(GOOD)["repetition"] == 0.0
 
 
@@ -68,8 +80,12 @@ def test_total_is_the_sum_of_the_weighted_components():
     s = g.score([P], [GOOD])
     raw = comp(GOOD)
     by_hand = (
-        CFG.w_relevance * raw["relevance"] + CFG.w_tone * raw["tone"] + CFG.w_fluency * raw["fluency"]
-        + CFG.w_length * raw["length"] - CFG.w_repetition * raw["repetition"] - CFG.w_eos * raw["eos"]
+        CFG.w_relevance * raw["relevance"]
+        + CFG.w_tone * raw["tone"]
+        + CFG.w_fluency * raw["fluency"]
+        + CFG.w_length * raw["length"]
+        - CFG.w_repetition * raw["repetition"]
+        - CFG.w_eos * raw["eos"]
     )
     assert s.total[0] == pytest.approx(by_hand)
     assert sum(s.contributions[k][0] for k in COMPONENTS) == pytest.approx(s.total[0])
@@ -80,12 +96,28 @@ def test_total_is_the_sum_of_the_weighted_components():
 @pytest.mark.parametrize(
     "name, degenerate, finished",
     [
-        ("keyword stuffing", "waves shore tide fish boat sand coral whale harbor reef happy bright lovely sunny joyful .", True),
+        (
+            "keyword stuffing",
+            "waves shore tide fish boat sand coral whale harbor reef happy bright lovely sunny joyful .",
+            True,
+        ),
         ("repetition", "the waves look bright . " * 4, True),
-        ("rambling", "the waves look bright . i love the sunny harbor . the reef seems lovely . " * 4, True),
-        ("wrong topic and tone", "the stars look grim . i hate the dark rocket . the moon seems bleak .", True),
+        (
+            "rambling",
+            "the waves look bright . i love the sunny harbor . the reef seems lovely . " * 4,
+            True,
+        ),
+        (
+            "wrong topic and tone",
+            "the stars look grim . i hate the dark rocket . the moon seems bleak .",
+            True,
+        ),
         ("never ends", "the waves look bright . i love the sunny harbor . the coral", False),
-        ("broken grammar", "the waves bright look . love i sunny the harbor . coral the reef seems lovely . whale we a happy watch .", True),
+        (
+            "broken grammar",
+            "the waves bright look . love i sunny the harbor . coral the reef seems lovely . whale we a happy watch .",
+            True,
+        ),
     ],
 )
 def test_a_good_answer_outranks_each_degenerate_one(name, degenerate, finished):

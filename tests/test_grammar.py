@@ -31,7 +31,15 @@ def test_instructions_round_trip_through_their_text():
         assert parse_instruction(ins.text + " <sep>") == ins
 
 
-@pytest.mark.parametrize("bad", ["", "hello world", "write a cheerful note about mars .", "write a huge calm note about ocean ."])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "hello world",
+        "write a cheerful note about mars .",
+        "write a huge calm note about ocean .",
+    ],
+)
 def test_foreign_prompts_are_rejected_by_name(bad):
     with pytest.raises(ValueError, match="not an embedded-world prompt"):
         parse_instruction(bad)

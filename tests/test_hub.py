@@ -20,18 +20,34 @@ from tests.test_config import RAW
 @pytest.fixture(scope="module")
 def local_sources(tmp_path_factory, tokenizer, corpus):
     root = tmp_path_factory.mktemp("hub")
-    policy = build_policy(SFTConfig(n_layer=1, n_embd=32, n_head=2, steps=2, warmup_steps=0), tokenizer, seed=0)
+    policy = build_policy(
+        SFTConfig(n_layer=1, n_embd=32, n_head=2, steps=2, warmup_steps=0), tokenizer, seed=0
+    )
     policy.save_pretrained(root / "policy")
     tokenizer.save_pretrained(root / "policy")
     torch.manual_seed(0)
-    rm = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=16, n_layer=1, n_head=2, num_labels=1, pad_token_id=tokenizer.pad_token_id))
+    rm = GPT2ForSequenceClassification(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=128,
+            n_embd=16,
+            n_layer=1,
+            n_head=2,
+            num_labels=1,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     rm.save_pretrained(root / "gold")
     tokenizer.save_pretrained(root / "gold")
     prompts, responses, _ = corpus
     pd.DataFrame({"prompt": prompts[:100]}).to_parquet(root / "prompts.parquet")
-    pairs = datasets.Dataset.from_dict({"prompt": prompts[:120], "chosen": responses[:120], "rejected": responses[120:240]})
+    pairs = datasets.Dataset.from_dict(
+        {"prompt": prompts[:120], "chosen": responses[:120], "rejected": responses[120:240]}
+    )
     pairs.save_to_disk(str(root / "pairs"))
-    pd.DataFrame({"prompt": prompts[:5], "chosen": responses[:5], "rejected": responses[5:10]}).to_json(root / "pairs.jsonl", orient="records", lines=True)
+    pd.DataFrame(
+        {"prompt": prompts[:5], "chosen": responses[:5], "rejected": responses[5:10]}
+    ).to_json(root / "pairs.jsonl", orient="records", lines=True)
     return root
 
 
@@ -44,24 +60,42 @@ def test_policy_and_tokenizer_load_from_a_directory(local_sources):
 
 
 def test_tables_load_from_files_and_dataset_directories(local_sources):
-    assert len(load_table(str(local_sources / "prompts.parquet"), "sources.prompts", ["prompt"])) == 100
-    assert len(load_table(str(local_sources / "pairs"), "sources.preferences", ["prompt", "chosen", "rejected"])) == 120
-    assert len(load_table(str(local_sources / "pairs.jsonl"), "sources.preferences", ["chosen"])) == 5
+    assert (
+        len(load_table(str(local_sources / "prompts.parquet"), "sources.prompts", ["prompt"]))
+        == 100
+    )
+    assert (
+        len(
+            load_table(
+                str(local_sources / "pairs"),
+                "sources.preferences",
+                ["prompt", "chosen", "rejected"],
+            )
+        )
+        == 120
+    )
+    assert (
+        len(load_table(str(local_sources / "pairs.jsonl"), "sources.preferences", ["chosen"])) == 5
+    )
 
 
 def test_bad_sources_name_the_key(local_sources, tmp_path):
-    with pytest.raises(MissingArtifactError, match="sources.policy: './no/such/model' does not exist"):
+    with pytest.raises(
+        MissingArtifactError, match=r"sources\.policy: './no/such/model' does not exist"
+    ):
         load_policy("./no/such/model")
-    with pytest.raises(ValueError, match="sources.prompts: .* lacks column\\(s\\) question"):
+    with pytest.raises(ValueError, match=r"sources\.prompts: .* lacks column\(s\) question"):
         load_table(str(local_sources / "prompts.parquet"), "sources.prompts", ["question"])
     (tmp_path / "x.txt").write_text("hi")
-    with pytest.raises(RuntimeError, match="sources.prompts: .*unsupported file type"):
+    with pytest.raises(RuntimeError, match=r"sources\.prompts: .*unsupported file type"):
         load_table(str(tmp_path / "x.txt"), "sources.prompts", ["prompt"])
 
 
 def test_hub_gold_scores_with_a_local_reward_model(local_sources):
     gold = HubGold(str(local_sources / "gold"), "{prompt} <sep>")
-    s = gold.score(["write a calm note about ocean ."] * 2, ["the waves seems calm .", "waves waves"])
+    s = gold.score(
+        ["write a calm note about ocean ."] * 2, ["the waves seems calm .", "waves waves"]
+    )
     assert s.total.shape == (2,) and np.isfinite(s.total).all() and s.total[0] != s.total[1]
     assert set(s.to_frame().columns) == {"gold", "gold_model"}
 
@@ -82,15 +116,21 @@ def test_world_stage_runs_on_local_directories(local_sources, tmp_path):
     train = load_preferences(tmp_path / "world", "train")  # validates: flips agree with gold
     pairs = datasets.load_from_disk(str(local_sources / "pairs")).to_pandas()
     assert set(train["prompt"]) <= set(pairs["prompt"])
-    assert set(train["chosen"]) | set(train["rejected"]) <= set(pairs["chosen"]) | set(pairs["rejected"])
+    assert set(train["chosen"]) | set(train["rejected"]) <= set(pairs["chosen"]) | set(
+        pairs["rejected"]
+    )
     prompts = pd.read_parquet(tmp_path / "world" / "prompts.parquet")
-    assert set(prompts["prompt"]) <= set(pd.read_parquet(local_sources / "prompts.parquet")["prompt"])
+    assert set(prompts["prompt"]) <= set(
+        pd.read_parquet(local_sources / "prompts.parquet")["prompt"]
+    )
     reloaded = load_policy(str(tmp_path / "world" / "policy"))
-    assert sum(p.numel() for p in reloaded.parameters()) == sum(p.numel() for p in load_policy(str(local_sources / "policy")).parameters())
+    assert sum(p.numel() for p in reloaded.parameters()) == sum(
+        p.numel() for p in load_policy(str(local_sources / "policy")).parameters()
+    )
 
 
 def test_the_embedded_gold_refuses_external_prompts_before_anything_runs():
     raw = copy.deepcopy(RAW)
     raw["smoke"]["sources"] = {"prompts": "some/dataset"}
-    with pytest.raises(ValueError, match="sources.gold"):
+    with pytest.raises(ValueError, match=r"sources\.gold"):
         params_from_dict(raw, "smoke")

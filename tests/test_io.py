@@ -41,7 +41,9 @@ def test_tables_carry_provenance(tmp_path):
 
 
 def test_missing_artifacts_name_the_file_and_the_stage(tmp_path):
-    with pytest.raises(MissingArtifactError, match=r"nope.parquet: missing artifact \(made by the world stage"):
+    with pytest.raises(
+        MissingArtifactError, match=r"nope.parquet: missing artifact \(made by the world stage"
+    ):
         read_table(tmp_path / "nope.parquet", "the world stage")
     with pytest.raises(MissingArtifactError):
         require(tmp_path / "x", "somewhere")

@@ -24,7 +24,9 @@ class LengthGold:
 def test_labels_follow_gold_where_not_flipped():
     a = ["one two three", "one", "x y"]
     b = ["one", "one two", "p q"]  # the last pair ties and is dropped
-    df = label_pairs(["p"] * 3, a, b, [True] * 3, [True] * 3, LengthGold(), 0.0, np.random.default_rng(0))
+    df = label_pairs(
+        ["p"] * 3, a, b, [True] * 3, [True] * 3, LengthGold(), 0.0, np.random.default_rng(0)
+    )
     assert df["chosen"].tolist() == ["one two three", "one two"]
     assert df["rejected"].tolist() == ["one", "one"]
     assert df["gold_chosen"].tolist() == [3.0, 2.0]
@@ -34,7 +36,16 @@ def test_labels_follow_gold_where_not_flipped():
 
 def test_flips_swap_the_labels_and_are_recorded():
     a, b = ["one two"] * 4, ["one"] * 4
-    df = label_pairs(["p"] * 4, a, b, [True, False, True, True], [True] * 4, LengthGold(), 0.49, np.random.default_rng(3))
+    df = label_pairs(
+        ["p"] * 4,
+        a,
+        b,
+        [True, False, True, True],
+        [True] * 4,
+        LengthGold(),
+        0.49,
+        np.random.default_rng(3),
+    )
     for _, row in df.iterrows():
         assert (row["chosen"] == "one") == row["flipped"]
         assert (row["gold_chosen"] < row["gold_rejected"]) == row["flipped"]
@@ -47,7 +58,9 @@ def test_flips_swap_the_labels_and_are_recorded():
 def test_measured_flip_rate_is_within_two_points(rate):
     n = 20000
     a, b = ["one two"] * n, ["one"] * n
-    df = label_pairs(["p"] * n, a, b, [True] * n, [True] * n, LengthGold(), rate, np.random.default_rng(0))
+    df = label_pairs(
+        ["p"] * n, a, b, [True] * n, [True] * n, LengthGold(), rate, np.random.default_rng(0)
+    )
     assert abs(df["flipped"].mean() - rate) < 0.02
 
 
@@ -60,7 +73,16 @@ def test_splits_are_exact_and_seeded():
 def good_frame():
     gold = EmbeddedGold(GoldConfig())
     p = "write a calm note about ocean ."
-    return label_pairs([p, p], ["the waves seems calm .", "i love the boat ."], ["waves waves", "the"], [True, True], [True, True], gold, 0.0, np.random.default_rng(0))
+    return label_pairs(
+        [p, p],
+        ["the waves seems calm .", "i love the boat ."],
+        ["waves waves", "the"],
+        [True, True],
+        [True, True],
+        gold,
+        0.0,
+        np.random.default_rng(0),
+    )
 
 
 def test_a_well_formed_frame_validates():
@@ -93,3 +115,21 @@ def test_frame_round_trips_through_parquet(tmp_path):
     back = pd.read_parquet(tmp_path / "p.parquet")
     validate_preferences(back, "p.parquet")
     assert back["flipped"].dtype == bool
+
+
+def test_dataset_labels_can_be_kept_with_gold_disagreement_marked():
+    a, b = ["one", "one two three"], ["one two", "one"]
+    df = label_pairs(
+        ["p"] * 2,
+        a,
+        b,
+        [True] * 2,
+        [True] * 2,
+        LengthGold(),
+        0.25,
+        np.random.default_rng(0),
+        labels_from_gold=False,
+    )
+    assert df["chosen"].tolist() == a and df["rejected"].tolist() == b
+    assert df["flipped"].tolist() == [True, False]  # gold prefers b in the first pair
+    validate_preferences(df, "kept")

@@ -3,7 +3,14 @@ import torch
 
 from study.config import SFTConfig
 from study.generation import format_queries
-from study.world.sft import IGNORE, build_policy, encode_sft, length_grouped_batches, lr_at, train_sft
+from study.world.sft import (
+    IGNORE,
+    build_policy,
+    encode_sft,
+    length_grouped_batches,
+    lr_at,
+    train_sft,
+)
 
 
 def test_labels_cover_the_response_and_eos_only(tokenizer):
@@ -20,7 +27,9 @@ def test_labels_cover_the_response_and_eos_only(tokenizer):
 
 def test_too_long_examples_are_dropped_not_cut(tokenizer):
     q = format_queries(["write a calm note about ocean ."] * 2, "{prompt} <sep>")
-    _, _, _, kept = encode_sft(tokenizer, q, ["the waves seems calm .", "the waves seems calm . " * 20], max_length=40)
+    _, _, _, kept = encode_sft(
+        tokenizer, q, ["the waves seems calm .", "the waves seems calm . " * 20], max_length=40
+    )
     assert kept.tolist() == [True, False]
 
 
@@ -42,11 +51,29 @@ def test_schedule_warms_up_then_decays():
 
 def test_short_training_lowers_loss_and_changes_weights(tokenizer, corpus):
     prompts, responses, _ = corpus
-    cfg = SFTConfig(n_layer=1, n_embd=32, n_head=2, steps=80, batch_size=32, warmup_steps=2, eval_every=40, lr=1e-2)
-    ids, mask, labels, _ = encode_sft(tokenizer, format_queries(prompts, "{prompt} <sep>"), responses, cfg.max_length)
+    cfg = SFTConfig(
+        n_layer=1,
+        n_embd=32,
+        n_head=2,
+        steps=80,
+        batch_size=32,
+        warmup_steps=2,
+        eval_every=40,
+        lr=1e-2,
+    )
+    ids, mask, labels, _ = encode_sft(
+        tokenizer, format_queries(prompts, "{prompt} <sep>"), responses, cfg.max_length
+    )
     model = build_policy(cfg, tokenizer, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    history = train_sft(model, (ids[50:], mask[50:], labels[50:]), (ids[:50], mask[:50], labels[:50]), cfg, seed=0, progress=False)
+    history = train_sft(
+        model,
+        (ids[50:], mask[50:], labels[50:]),
+        (ids[:50], mask[:50], labels[:50]),
+        cfg,
+        seed=0,
+        progress=False,
+    )
     val = history["val_loss"].dropna()
     assert val.iloc[-1] < np.log(len(tokenizer)) - 1.0  # well below a uniform guess
     assert history["train_loss"].tail(5).mean() < history["train_loss"].head(5).mean() - 0.5

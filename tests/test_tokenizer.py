@@ -16,7 +16,9 @@ def test_special_tokens_are_distinct_and_single_ids(tokenizer):
     ids = [tokenizer.convert_tokens_to_ids(t) for t in (PAD, EOS, UNK, SEP)]
     assert len(set(ids)) == 4
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
-    assert tokenizer("a <sep> the", add_special_tokens=False)["input_ids"][1] == tokenizer.sep_token_id
+    assert (
+        tokenizer("a <sep> the", add_special_tokens=False)["input_ids"][1] == tokenizer.sep_token_id
+    )
 
 
 def test_every_grammar_word_has_its_own_id(tokenizer):

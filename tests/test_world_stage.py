@@ -29,14 +29,26 @@ def two_builds(tmp_path_factory, smoke_params):
 
 def test_world_artifacts_exist_and_are_sane(two_builds, smoke_params):
     world, _ = two_builds
-    for rel in ("tokenizer/tokenizer.json", "policy/config.json", "policy/model.safetensors", "corpus.parquet",
-                "prompts.parquet", "preferences/train.parquet", "preferences/val.parquet", "sft_samples.parquet"):
+    for rel in (
+        "tokenizer/tokenizer.json",
+        "policy/config.json",
+        "policy/model.safetensors",
+        "corpus.parquet",
+        "prompts.parquet",
+        "preferences/train.parquet",
+        "preferences/val.parquet",
+        "sft_samples.parquet",
+    ):
         assert (world / rel).exists(), rel
     s = load_summary(world)
     assert s["n_pairs"] == smoke_params.preferences.n_pairs
     assert s["n_val_pairs"] == round(smoke_params.preferences.val_fraction * s["n_pairs"])
     train = load_preferences(world, "train")
-    assert train["flipped"].dtype == bool and {"gold_chosen", "gold_rejected", "gold_margin"} <= set(train.columns)
+    assert train["flipped"].dtype == bool and {
+        "gold_chosen",
+        "gold_rejected",
+        "gold_margin",
+    } <= set(train.columns)
     assert (train["chosen"].str.len() > 0).all()
     prompts = pd.read_parquet(world / "prompts.parquet")
     assert (prompts["split"] == "eval").sum() == smoke_params.world.n_eval_prompts
@@ -47,9 +59,14 @@ def test_same_seed_same_world(two_builds):
     a, b = two_builds
     for split in ("train", "val"):
         pd.testing.assert_frame_equal(load_preferences(a, split), load_preferences(b, split))
-    wa, wb = load_file(a / "policy" / "model.safetensors"), load_file(b / "policy" / "model.safetensors")
+    wa, wb = (
+        load_file(a / "policy" / "model.safetensors"),
+        load_file(b / "policy" / "model.safetensors"),
+    )
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    pd.testing.assert_frame_equal(pd.read_parquet(a / "sft_samples.parquet"), pd.read_parquet(b / "sft_samples.parquet"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(a / "sft_samples.parquet"), pd.read_parquet(b / "sft_samples.parquet")
+    )
 
 
 def _copy_project(dst: Path) -> None:
@@ -68,13 +85,23 @@ def test_world_stage_runs_under_dvc_at_smoke_scale(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "CI": "true"}
-    run = lambda *cmd: subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)  # noqa: E731
+
+    def run(*cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
+
     assert run("git", "init", "-q").returncode == 0
     assert run("dvc", "init", "-q").returncode == 0
     result = run("dvc", "repro", "world")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for rel in ("figures/world_gold_components.png", "figures/world_sft_loss.png", "reports/01_world.html",
-                "results/world/sample_responses.csv", "artifacts/world/summary.json"):
+    for rel in (
+        "figures/world_gold_components.png",
+        "figures/world_sft_loss.png",
+        "reports/01_world.html",
+        "results/world/sample_responses.csv",
+        "artifacts/world/summary.json",
+    ):
         assert (tmp_path / rel).stat().st_size > 0, rel
     metrics = json.loads((tmp_path / "results/world/metrics.json").read_text())
     assert metrics["profile"] == "smoke" and 0 <= metrics["sft_eos_share"] <= 1

@@ -18,7 +18,9 @@ def cells_from(text: str) -> list:
             return
         src = "\n".join(buf).strip("\n")
         if kind == "markdown":
-            src = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in src.splitlines())
+            src = "\n".join(
+                line[2:] if line.startswith("# ") else line.lstrip("#") for line in src.splitlines()
+            )
             cells.append(nbformat.v4.new_markdown_cell(src))
         else:
             cell = nbformat.v4.new_code_cell(src)
@@ -40,6 +42,10 @@ if __name__ == "__main__":
     src, dst = sys.argv[1], sys.argv[2]
     nb = nbformat.v4.new_notebook()
     nb.cells = cells_from(open(src).read())
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.metadata["language_info"] = {"name": "python"}
     nbformat.write(nb, dst)

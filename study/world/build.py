@@ -31,7 +31,13 @@ from study.hub import HubGold, load_policy, load_table, load_tokenizer
 from study.io import atomic_path, provenance, read_table, require, write_json, write_table
 from study.preferences import assign_splits, label_pairs, validate_preferences
 from study.world.gold import EmbeddedGold
-from study.world.grammar import is_grammatical, parse_instruction, sample_corpus, sample_instructions, split_sentences
+from study.world.grammar import (
+    is_grammatical,
+    parse_instruction,
+    sample_corpus,
+    sample_instructions,
+    split_sentences,
+)
 from study.world.sft import build_policy, encode_sft, train_sft
 from study.world.tokenizer import train_tokenizer
 
@@ -58,7 +64,14 @@ def _describe_prompts(prompts: list[str]) -> pd.DataFrame:
     for p in prompts:
         try:
             ins = parse_instruction(p)
-            rows.append({"topic": ins.topic, "tone": ins.tone, "length": ins.length or "medium", "form": ins.form})
+            rows.append(
+                {
+                    "topic": ins.topic,
+                    "tone": ins.tone,
+                    "length": ins.length or "medium",
+                    "form": ins.form,
+                }
+            )
         except ValueError:
             rows.append({"topic": None, "tone": None, "length": None, "form": None})
     return pd.DataFrame(rows)
@@ -94,8 +107,16 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
 
         if src.embedded_policy:
             rng = np.random.default_rng(_seed(params, SEED_CORPUS))
-            instructions, responses, quality = sample_corpus(params.world, params.world.corpus_size, rng)
-            corpus = pd.DataFrame({"prompt": [i.text for i in instructions], "response": responses, "quality": quality})
+            instructions, responses, quality = sample_corpus(
+                params.world, params.world.corpus_size, rng
+            )
+            corpus = pd.DataFrame(
+                {
+                    "prompt": [i.text for i in instructions],
+                    "response": responses,
+                    "quality": quality,
+                }
+            )
             corpus["split"] = assign_splits(len(corpus), params.world.corpus_val_fraction, rng)
             timings["corpus_s"] = time.perf_counter() - t0
             tokenizer = train_tokenizer([*corpus["prompt"], *corpus["response"]])
@@ -109,12 +130,16 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
         t1 = time.perf_counter()
         if src.embedded_policy:
             queries = format_queries(corpus["prompt"].tolist(), src.prompt_template)
-            ids, mask, labels, kept = encode_sft(tokenizer, queries, corpus["response"].tolist(), params.sft.max_length)
+            ids, mask, labels, kept = encode_sft(
+                tokenizer, queries, corpus["response"].tolist(), params.sft.max_length
+            )
             is_val = (corpus["split"] == "val").to_numpy()[kept]
             train_t = (ids[~is_val], mask[~is_val], labels[~is_val])
             val_t = (ids[is_val], mask[is_val], labels[is_val])
             policy = build_policy(params.sft, tokenizer, seed=_seed(params, SEED_INIT))
-            history = train_sft(policy, train_t, val_t, params.sft, seed=_seed(params, SEED_DATA), progress=progress)
+            history = train_sft(
+                policy, train_t, val_t, params.sft, seed=_seed(params, SEED_DATA), progress=progress
+            )
             write_table(out / "corpus.parquet", corpus, provenance(params))
             write_table(out / "sft_history.parquet", history, provenance(params))
             summary["sft"] = {
@@ -142,26 +167,67 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
             if src.prompts == "embedded":
                 pair_prompts = [i.text for i in sample_instructions(params.world, n_draw, rng)]
             else:
-                pair_prompts = prompts["prompt"].iloc[rng.integers(len(prompts), size=n_draw)].tolist()
+                pair_prompts = (
+                    prompts["prompt"].iloc[rng.integers(len(prompts), size=n_draw)].tolist()
+                )
             queries = format_queries(pair_prompts, src.prompt_template)
             doubled = [q for q in queries for _ in range(2)]  # a and b of pair i are rows 2i, 2i+1
-            s = sample(policy, tokenizer, doubled, params.sampling, seed=_seed(params, SEED_PAIRS), progress=progress)
+            s = sample(
+                policy,
+                tokenizer,
+                doubled,
+                params.sampling,
+                seed=_seed(params, SEED_PAIRS),
+                progress=progress,
+            )
             a, b = s.texts[0::2], s.texts[1::2]
             fa, fb = s.finished[0::2], s.finished[1::2]
         else:
-            table = load_table(src.preferences, "sources.preferences", ["prompt", "chosen", "rejected"])
+            table = load_table(
+                src.preferences, "sources.preferences", ["prompt", "chosen", "rejected"]
+            )
             validate_preferences(table, src.preferences)
             table = table.iloc[: int(pref.n_pairs * 1.15) + 8]
-            pair_prompts, a, b = table["prompt"].tolist(), table["chosen"].tolist(), table["rejected"].tolist()
+            pair_prompts, a, b = (
+                table["prompt"].tolist(),
+                table["chosen"].tolist(),
+                table["rejected"].tolist(),
+            )
             fa = fb = np.ones(len(table), dtype=bool)
-        flip_rate = pref.flip_rate if (src.preferences == "embedded" or src.relabel_with_gold) else 0.0
-        pairs = label_pairs(pair_prompts, a, b, fa, fb, gold, flip_rate, np.random.default_rng(_seed(params, SEED_FLIPS)))
+        # an empty response (EOS first) is no answer to prefer or reject: such pairs are dropped
+        keep = np.array([bool(x.strip()) and bool(y.strip()) for x, y in zip(a, b, strict=True)])
+        n_empty = int((~keep).sum())
+        pair_prompts, a, b = (
+            [v for v, k in zip(seq, keep, strict=True) if k] for seq in (pair_prompts, a, b)
+        )
+        fa, fb = np.asarray(fa)[keep], np.asarray(fb)[keep]
+        relabel = src.preferences == "embedded" or src.relabel_with_gold
+        pairs = label_pairs(
+            pair_prompts,
+            a,
+            b,
+            fa,
+            fb,
+            gold,
+            pref.flip_rate if relabel else 0.0,
+            np.random.default_rng(_seed(params, SEED_FLIPS)),
+            labels_from_gold=relabel,
+        )
         n_ties = len(pair_prompts) - len(pairs)
         if len(pairs) < pref.n_pairs and src.preferences == "embedded":
-            raise RuntimeError(f"preferences.n_pairs={pref.n_pairs}: only {len(pairs)} untied pairs were drawn")
+            raise RuntimeError(
+                f"preferences.n_pairs={pref.n_pairs}: only {len(pairs)} usable pairs were drawn "
+                f"({n_ties} gold ties and {n_empty} pairs with an empty response dropped)"
+            )
         pairs = pairs.iloc[: pref.n_pairs].reset_index(drop=True)
         pairs.insert(0, "pair_id", np.arange(len(pairs)))
-        pairs.insert(1, "split", assign_splits(len(pairs), pref.val_fraction, np.random.default_rng(_seed(params, SEED_FLIPS) + 1)))
+        pairs.insert(
+            1,
+            "split",
+            assign_splits(
+                len(pairs), pref.val_fraction, np.random.default_rng(_seed(params, SEED_FLIPS) + 1)
+            ),
+        )
         (out / "preferences").mkdir()
         for split in ("train", "val"):
             part = pairs[pairs["split"] == split].reset_index(drop=True)
@@ -174,10 +240,21 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
         eval_prompts = prompts.loc[prompts["split"] == "eval", "prompt"].tolist()
         reps = -(-pref.n_samples_report // len(eval_prompts))
         report_prompts = (eval_prompts * reps)[: pref.n_samples_report]
-        s = sample(policy, tokenizer, format_queries(report_prompts, src.prompt_template), params.sampling, seed=_seed(params, SEED_SAMPLES), progress=progress)
-        samples = pd.DataFrame({"prompt": report_prompts, "response": s.texts, "finished": s.finished})
+        s = sample(
+            policy,
+            tokenizer,
+            format_queries(report_prompts, src.prompt_template),
+            params.sampling,
+            seed=_seed(params, SEED_SAMPLES),
+            progress=progress,
+        )
+        samples = pd.DataFrame(
+            {"prompt": report_prompts, "response": s.texts, "finished": s.finished}
+        )
         samples["n_tokens"] = s.response_mask.sum(1).numpy()
-        samples = pd.concat([samples, gold.score(report_prompts, s.texts, s.finished).to_frame("gold")], axis=1)
+        samples = pd.concat(
+            [samples, gold.score(report_prompts, s.texts, s.finished).to_frame("gold")], axis=1
+        )
         if src.gold == "embedded":
             samples["grammatical"] = [grammatical_share(r) for r in s.texts]
         write_table(out / "sft_samples.parquet", samples, provenance(params))
@@ -190,13 +267,16 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
                 "n_train_pairs": int((pairs["split"] == "train").sum()),
                 "n_val_pairs": int((pairs["split"] == "val").sum()),
                 "gold_ties_dropped": int(n_ties),
-                "flip_rate_param": flip_rate,
+                "empty_response_pairs_dropped": n_empty,
+                "flip_rate_param": pref.flip_rate if relabel else 0.0,
                 "flip_rate_measured": float(pairs["flipped"].mean()),
                 "pairs_gold_margin_mean": float(pairs["gold_margin"].mean()),
                 "sft_samples": {
                     "n": len(samples),
                     "eos_share": float(samples["finished"].mean()),
-                    "grammatical_share": float(samples["grammatical"].mean()) if "grammatical" in samples else None,
+                    "grammatical_share": float(samples["grammatical"].mean())
+                    if "grammatical" in samples
+                    else None,
                     "gold_mean": float(samples["gold"].mean()),
                     "gold_std": float(samples["gold"].std()),
                     "mean_tokens": float(samples["n_tokens"].mean()),

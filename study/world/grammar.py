@@ -18,18 +18,129 @@ import numpy as np
 from study.config import WorldConfig
 
 TOPICS: dict[str, tuple[str, ...]] = {
-    "ocean": ("ocean", "waves", "shore", "tide", "fish", "boat", "sand", "coral", "whale", "harbor", "reef", "gull"),
-    "space": ("space", "stars", "planet", "rocket", "moon", "orbit", "comet", "galaxy", "astronaut", "telescope", "nebula", "crater"),
-    "cooking": ("cooking", "kitchen", "recipe", "oven", "soup", "bread", "spice", "pan", "flavor", "dough", "garlic", "sauce"),
-    "music": ("music", "song", "melody", "guitar", "drum", "rhythm", "singer", "chord", "piano", "concert", "band", "lyrics"),
-    "forest": ("forest", "trees", "leaves", "moss", "deer", "trail", "branches", "owl", "pine", "roots", "fern", "creek"),
-    "city": ("city", "streets", "traffic", "tower", "subway", "market", "crowd", "bridge", "lights", "cafe", "avenue", "neon"),
+    "ocean": (
+        "ocean",
+        "waves",
+        "shore",
+        "tide",
+        "fish",
+        "boat",
+        "sand",
+        "coral",
+        "whale",
+        "harbor",
+        "reef",
+        "gull",
+    ),
+    "space": (
+        "space",
+        "stars",
+        "planet",
+        "rocket",
+        "moon",
+        "orbit",
+        "comet",
+        "galaxy",
+        "astronaut",
+        "telescope",
+        "nebula",
+        "crater",
+    ),
+    "cooking": (
+        "cooking",
+        "kitchen",
+        "recipe",
+        "oven",
+        "soup",
+        "bread",
+        "spice",
+        "pan",
+        "flavor",
+        "dough",
+        "garlic",
+        "sauce",
+    ),
+    "music": (
+        "music",
+        "song",
+        "melody",
+        "guitar",
+        "drum",
+        "rhythm",
+        "singer",
+        "chord",
+        "piano",
+        "concert",
+        "band",
+        "lyrics",
+    ),
+    "forest": (
+        "forest",
+        "trees",
+        "leaves",
+        "moss",
+        "deer",
+        "trail",
+        "branches",
+        "owl",
+        "pine",
+        "roots",
+        "fern",
+        "creek",
+    ),
+    "city": (
+        "city",
+        "streets",
+        "traffic",
+        "tower",
+        "subway",
+        "market",
+        "crowd",
+        "bridge",
+        "lights",
+        "cafe",
+        "avenue",
+        "neon",
+    ),
 }
 TONES: dict[str, tuple[str, ...]] = {
-    "cheerful": ("cheerful", "happy", "bright", "lovely", "wonderful", "joyful", "sunny", "delightful", "glad", "warm"),
+    "cheerful": (
+        "cheerful",
+        "happy",
+        "bright",
+        "lovely",
+        "wonderful",
+        "joyful",
+        "sunny",
+        "delightful",
+        "glad",
+        "warm",
+    ),
     "gloomy": ("gloomy", "sad", "dark", "grim", "lonely", "dull", "bleak", "cold", "weary", "grey"),
-    "angry": ("angry", "furious", "awful", "terrible", "harsh", "bitter", "rude", "nasty", "annoying", "hateful"),
-    "calm": ("calm", "quiet", "gentle", "peaceful", "soft", "still", "mild", "serene", "tranquil", "slow"),
+    "angry": (
+        "angry",
+        "furious",
+        "awful",
+        "terrible",
+        "harsh",
+        "bitter",
+        "rude",
+        "nasty",
+        "annoying",
+        "hateful",
+    ),
+    "calm": (
+        "calm",
+        "quiet",
+        "gentle",
+        "peaceful",
+        "soft",
+        "still",
+        "mild",
+        "serene",
+        "tranquil",
+        "slow",
+    ),
 }
 # Requested length word in the instruction -> target number of sentences.
 LENGTHS: dict[str, int] = {"short": 2, "": 4, "long": 6}
@@ -226,7 +337,10 @@ def sample_corpus(
     """n (instruction, response) examples and each response's latent quality, shape (n,)."""
     instructions = sample_instructions(cfg, n, rng)
     quality = rng.beta(cfg.quality_alpha, cfg.quality_beta, size=n)
-    responses = [sample_response(cfg, ins, float(q), rng) for ins, q in zip(instructions, quality, strict=True)]
+    responses = [
+        sample_response(cfg, ins, float(q), rng)
+        for ins, q in zip(instructions, quality, strict=True)
+    ]
     return instructions, responses, quality
 
 

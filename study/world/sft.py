@@ -33,7 +33,11 @@ def build_policy(cfg: SFTConfig, tokenizer: PreTrainedTokenizerBase, seed: int) 
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel(config)
+    model.loss_type = (
+        "ForCausalLM"  # transformers cannot infer it from the class name GPT2LMHeadModel
+    )
+    return model
 
 
 def encode_sft(
@@ -79,20 +83,30 @@ def lr_at(step: int, cfg: SFTConfig) -> float:
 
 
 @torch.no_grad()
-def eval_loss(model: GPT2LMHeadModel, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
+def eval_loss(
+    model: GPT2LMHeadModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 256,
+) -> float:
     """Mean token cross-entropy of the labelled tokens."""
     model.eval()
     total, count = 0.0, 0
     for s in range(0, len(ids), batch_size):
         sl = slice(s, s + batch_size)
         n = int((labels[sl][:, 1:] != IGNORE).sum())
-        total += float(model(input_ids=ids[sl], attention_mask=mask[sl], labels=labels[sl]).loss) * n
+        total += (
+            float(model(input_ids=ids[sl], attention_mask=mask[sl], labels=labels[sl]).loss) * n
+        )
         count += n
     model.train()
     return total / max(count, 1)
 
 
-def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group: int = 32) -> list[np.ndarray]:
+def length_grouped_batches(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group: int = 32
+) -> list[np.ndarray]:
     """One epoch of shuffled batches whose rows have similar lengths (as HF's group_by_length).
 
     Rows are shuffled, cut into groups of `group` batches, sorted by length within a group and
@@ -103,7 +117,9 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.
     for s in range(0, len(order), batch_size * group):
         chunk = order[s : s + batch_size * group]
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size))
+        batches.extend(
+            chunk[i : i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size)
+        )
     if not batches:  # fewer rows than one batch
         batches = [order]
     return [batches[i] for i in rng.permutation(len(batches))]
@@ -141,7 +157,12 @@ def train_sft(
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        row = {"step": step + 1, "train_loss": loss.item(), "grad_norm": float(grad_norm), "lr": lr_at(step, cfg)}
+        row = {
+            "step": step + 1,
+            "train_loss": loss.item(),
+            "grad_norm": float(grad_norm),
+            "lr": lr_at(step, cfg),
+        }
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             row["val_loss"] = eval_loss(model, *val)
             bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{row['val_loss']:.3f}")
