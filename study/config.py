@@ -222,7 +222,7 @@ class SFTConfig:
     n_embd: int = _f(128, "Width of the policy.")
     n_head: int = _f(4, "Attention heads; must divide n_embd.")
     max_length: int = _f(96, "Longest sequence (prompt + response tokens) the policy sees.")
-    steps: int = _f(1200, "SFT optimiser steps.")
+    steps: int = _f(2400, "SFT optimiser steps.")
     batch_size: int = _f(64, "SFT batch size (sequences).")
     lr: float = _f(2e-3, "Peak AdamW learning rate.")
     weight_decay: float = _f(0.01, "AdamW weight decay.")
