@@ -428,6 +428,12 @@ def params_from_dict(
     missing = [s for s in SECTIONS if s not in (raw["default"] or {})]
     if missing:
         raise ConfigError(f"{where}: default: missing section(s) {', '.join(missing)}")
+    for section, cls in SECTIONS.items():  # the base profile is the whole truth: no silent defaults
+        absent = [
+            f.name for f in dataclasses.fields(cls) if f.name not in (raw["default"][section] or {})
+        ]
+        if absent:
+            raise ConfigError(f"{where}: default.{section}: missing key(s) {', '.join(absent)}")
     sections = {}
     for section, cls in SECTIONS.items():
         body = resolved.get(section) or {}

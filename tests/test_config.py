@@ -116,3 +116,21 @@ def test_every_field_is_documented():
     for line in describe().splitlines():
         if line.startswith("  "):
             assert line.split(": ", 1)[1].strip(), line
+
+
+def test_the_default_profile_must_be_complete(tmp_path):
+    raw = copy.deepcopy(RAW)
+    del raw["default"]["sft"]["steps"]
+    with pytest.raises(ConfigError, match=r"default\.sft: missing key\(s\) steps"):
+        load_params(write(tmp_path, raw))
+
+
+def test_dataclass_defaults_agree_with_the_default_profile():
+    # the dataclass defaults serve tests and notebooks; they must not drift from params.yaml
+    import dataclasses
+
+    from study.config import SECTIONS
+
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert RAW["default"][section][f.name] == f.default, f"{section}.{f.name}"
