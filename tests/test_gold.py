@@ -8,7 +8,7 @@ from study.world.gold import COMPONENTS, EmbeddedGold, gold_components
 
 CFG = GoldConfig()
 P = "write a cheerful note about ocean ."  # topic ocean, tone cheerful, 4 sentences
-GOOD = "the waves look bright . i love the sunny harbor . the coral reef seems very lovely . we watch a happy whale ."
+GOOD = "the tide looks bright . i love the sunny harbor . the coral is very lovely . we watch a happy whale ."
 
 
 def comp(response, prompt=P, finished=True):
@@ -68,6 +68,17 @@ def test_repetition_is_the_share_of_repeated_trigrams():
     assert comp(GOOD)["repetition"] == 0.0
 
 
+def test_the_good_answer_is_ideal_on_every_component_by_hand():
+    c = comp(GOOD)
+    assert c["fluency"] == 1.0 and c["length"] == 1.0 and c["repetition"] == 0.0 and c["eos"] == 0.0
+    assert c["relevance"] == pytest.approx(
+        1 - math.exp(-4 / CFG.relevance_scale)
+    )  # tide harbor coral whale
+    assert c["tone"] == pytest.approx(
+        1 - math.exp(-4 / CFG.tone_scale)
+    )  # bright sunny lovely happy
+
+
 def test_eos_penalty_applies_only_to_unfinished_responses():
     g = EmbeddedGold(CFG)
     s = g.score([P, P], [GOOD, GOOD], [True, False])
@@ -101,21 +112,21 @@ def test_total_is_the_sum_of_the_weighted_components():
             "waves shore tide fish boat sand coral whale harbor reef happy bright lovely sunny joyful .",
             True,
         ),
-        ("repetition", "the waves look bright . " * 4, True),
+        ("repetition", "the tide looks bright . " * 4, True),
         (
             "rambling",
-            "the waves look bright . i love the sunny harbor . the reef seems lovely . " * 4,
+            "the tide looks bright . i love the sunny harbor . the reef seems lovely . " * 4,
             True,
         ),
         (
             "wrong topic and tone",
-            "the stars look grim . i hate the dark rocket . the moon seems bleak .",
+            "the moon looks grim . i love the dark rocket . the comet seems bleak .",
             True,
         ),
-        ("never ends", "the waves look bright . i love the sunny harbor . the coral", False),
+        ("never ends", "the tide looks bright . i love the sunny harbor . the coral", False),
         (
             "broken grammar",
-            "the waves bright look . love i sunny the harbor . coral the reef seems lovely . whale we a happy watch .",
+            "the tide bright looks . love i sunny the harbor . coral the is very lovely . whale we a happy watch .",
             True,
         ),
     ],
