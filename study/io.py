@@ -56,14 +56,14 @@ def git_revision(cwd: str | Path = ".") -> str:
         return "unknown"
 
 
-def provenance(params: Any) -> dict[str, Any]:
-    """What made a result: the resolved parameters, the git revision and the time."""
+def provenance(params: Any, timestamp: bool = False) -> dict[str, Any]:
+    """What made a result: the resolved parameters and the git revision (and, if asked, the time;
+    off by default so that the same run writes byte-identical tables)."""
     resolved = params.to_dict() if hasattr(params, "to_dict") else params
-    return {
-        "git_revision": git_revision(),
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "params": resolved,
-    }
+    prov = {"git_revision": git_revision(), "params": resolved}
+    if timestamp:
+        prov["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return prov
 
 
 @contextlib.contextmanager
@@ -122,6 +122,11 @@ def read_table(path: str | Path, made_by: str = "an earlier stage") -> pd.DataFr
     raw = (table.schema.metadata or {}).get(PROVENANCE_KEY)
     df.attrs["provenance"] = json.loads(raw) if raw else None
     return df
+
+
+def write_csv(path: str | Path, df: pd.DataFrame) -> Path:
+    """A table as CSV, for reading by eye; `write_table` is the form stages read back."""
+    return write_text(path, df.to_csv(index=False))
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 130) -> Path:

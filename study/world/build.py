@@ -87,6 +87,7 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {"profile": params.profile}
     src = params.sources
+    prov = provenance(params)
     with atomic_path(out_dir) as out:
         out.mkdir(parents=True)
         t0 = time.perf_counter()
@@ -140,8 +141,8 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
             history = train_sft(
                 policy, train_t, val_t, params.sft, seed=_seed(params, SEED_DATA), progress=progress
             )
-            write_table(out / "corpus.parquet", corpus, provenance(params))
-            write_table(out / "sft_history.parquet", history, provenance(params))
+            write_table(out / "corpus.parquet", corpus, prov)
+            write_table(out / "sft_history.parquet", history, prov)
             summary["sft"] = {
                 "examples_too_long_dropped": int((~kept).sum()),
                 "parameters": sum(p.numel() for p in policy.parameters()),
@@ -155,7 +156,7 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
         tokenizer.save_pretrained(out / "policy")
         timings["sft_s"] = time.perf_counter() - t1
 
-        write_table(out / "prompts.parquet", prompts, provenance(params))
+        write_table(out / "prompts.parquet", prompts, prov)
         gold = make_gold(params)
 
         # 3. preference pairs: two policy samples per prompt (or a dataset), gold labels, flips
@@ -232,7 +233,7 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
         for split in ("train", "val"):
             part = pairs[pairs["split"] == split].reset_index(drop=True)
             validate_preferences(part, f"preferences/{split}")
-            write_table(out / "preferences" / f"{split}.parquet", part, provenance(params))
+            write_table(out / "preferences" / f"{split}.parquet", part, prov)
         timings["preferences_s"] = time.perf_counter() - t2
 
         # 4. fresh SFT samples on eval prompts, for the report: gold by component
@@ -257,7 +258,7 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
         )
         if src.gold == "embedded":
             samples["grammatical"] = [grammatical_share(r) for r in s.texts]
-        write_table(out / "sft_samples.parquet", samples, provenance(params))
+        write_table(out / "sft_samples.parquet", samples, prov)
         timings["samples_s"] = time.perf_counter() - t3
         timings["total_s"] = time.perf_counter() - t0
 
@@ -282,7 +283,7 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
                     "mean_tokens": float(samples["n_tokens"].mean()),
                 },
                 "timings_s": {k: round(v, 2) for k, v in timings.items()},
-                "provenance": provenance(params),
+                "provenance": provenance(params, timestamp=True),
             }
         )
         write_json(out / "summary.json", summary)
