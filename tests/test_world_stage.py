@@ -107,3 +107,10 @@ def test_world_stage_runs_under_dvc_at_smoke_scale(tmp_path):
     assert metrics["profile"] == "smoke" and 0 <= metrics["sft_eos_share"] <= 1
     status = run("dvc", "status", "world")
     assert "up to date" in status.stdout, status.stdout
+    # a reader opens the notebook with its default parameters: it reads, and writes nothing
+    opened = run(
+        "papermill", "notebooks/01_world.ipynb", str(tmp_path / "read.ipynb"), "--cwd", "."
+    )
+    assert opened.returncode == 0, opened.stderr[-3000:]
+    status = run("dvc", "status", "world")
+    assert "up to date" in status.stdout, status.stdout

@@ -1,0 +1,45 @@
+"""Best-of-n: the analytic KL and the unbiased estimator of the gold score of the pick."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_lgamma = np.vectorize(math.lgamma, otypes=[np.float64])
+
+
+def bon_kl(n: int) -> float:
+    """KL(best-of-n || base policy) = log n - (n - 1) / n (Stiennon et al., Gao et al.)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return math.log(n) - (n - 1) / n
+
+
+def bon_expected(proxy: np.ndarray, gold: np.ndarray, n: int) -> float:
+    """Unbiased estimate of E[gold of the best-of-n pick under `proxy`] from N >= n samples.
+
+    proxy, gold: (N,) scores of N samples of one prompt. Sorting by proxy, the i-th smallest
+    (1-indexed) is the pick of a uniformly drawn n-subset with probability C(i-1, n-1) / C(N, n).
+    Ties in proxy keep the samples' order (a stable sort).
+    """
+    proxy, gold = np.asarray(proxy, dtype=np.float64), np.asarray(gold, dtype=np.float64)
+    if proxy.ndim != 1 or proxy.shape != gold.shape:
+        raise ValueError(
+            f"proxy and gold must be 1-D of one length, got {proxy.shape} and {gold.shape}"
+        )
+    big_n = len(proxy)
+    if not 1 <= n <= big_n:
+        raise ValueError(f"need 1 <= n <= N, got n={n}, N={big_n}")
+    order = np.argsort(proxy, kind="stable")
+    i = np.arange(1, big_n + 1)
+    valid = i >= n
+    log_w = np.full(big_n, -np.inf)
+    iv = i[valid]  # log C(i-1, n-1) - log C(N, n), through log-gamma for large N
+    log_w[valid] = (
+        _lgamma(iv)
+        - math.lgamma(n)
+        - _lgamma(iv - n + 1)
+        - (math.lgamma(big_n + 1) - math.lgamma(n + 1) - math.lgamma(big_n - n + 1))
+    )
+    return float(np.sum(np.exp(log_w) * gold[order]))
