@@ -9,10 +9,11 @@ where not flipped and `rejected` where flipped.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
+
+from study.world.gold import GoldReward
 
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -21,22 +22,13 @@ class PreferenceDataError(ValueError):
     """A malformed preference table; the message names the file, the row and the column."""
 
 
-class GoldLike(Protocol):
-    def score(
-        self,
-        prompts: Sequence[str],
-        responses: Sequence[str],
-        finished: Sequence[bool] | None = None,
-    ): ...
-
-
 def label_pairs(
     prompts: Sequence[str],
     response_a: Sequence[str],
     response_b: Sequence[str],
     finished_a: Sequence[bool],
     finished_b: Sequence[bool],
-    gold: GoldLike,
+    gold: GoldReward,
     flip_rate: float,
     rng: np.random.Generator,
     labels_from_gold: bool = True,

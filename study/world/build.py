@@ -30,7 +30,7 @@ from study.generation import format_queries, sample
 from study.hub import HubGold, load_policy, load_table, load_tokenizer
 from study.io import atomic_path, provenance, read_table, require, write_json, write_table
 from study.preferences import assign_splits, label_pairs, validate_preferences
-from study.world.gold import EmbeddedGold
+from study.world.gold import EmbeddedGold, GoldReward
 from study.world.grammar import (
     is_grammatical,
     parse_instruction,
@@ -45,7 +45,7 @@ from study.world.tokenizer import train_tokenizer
 SEED_CORPUS, SEED_INIT, SEED_DATA, SEED_PROMPTS, SEED_PAIRS, SEED_FLIPS, SEED_SAMPLES = range(7)
 
 
-def make_gold(params: Params) -> Any:
+def make_gold(params: Params) -> GoldReward:
     """The gold reward named by `sources.gold`."""
     if params.sources.gold == "embedded":
         return EmbeddedGold(params.gold)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -61,6 +62,19 @@ class GoldScores:
         cols = {prefix: self.total}
         cols.update({f"{prefix}_{k}": v for k, v in self.contributions.items()})
         return pd.DataFrame(cols)
+
+
+class GoldReward(Protocol):
+    """What every gold reward offers: the embedded one here, a reward model in `study.hub`."""
+
+    components: tuple[str, ...]
+
+    def score(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        finished: Sequence[bool] | None = None,
+    ) -> GoldScores: ...
 
 
 def _saturating(distinct: int, scale: float) -> float:
