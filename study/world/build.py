@@ -93,13 +93,12 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
         t0 = time.perf_counter()
 
         # 1. prompts, corpus and tokenizer
+        rng = np.random.default_rng(_seed(params, SEED_PROMPTS))
         if src.prompts == "embedded":
-            rng = np.random.default_rng(_seed(params, SEED_PROMPTS))
             n_rl, n_eval = params.world.n_rl_prompts, params.world.n_eval_prompts
             pool = [i.text for i in sample_instructions(params.world, n_rl + n_eval, rng)]
         else:
             table = load_table(src.prompts, "sources.prompts", ["prompt"])
-            rng = np.random.default_rng(_seed(params, SEED_PROMPTS))
             n_eval = min(params.world.n_eval_prompts, max(1, len(table) // 10))
             n_rl = min(params.world.n_rl_prompts, len(table) - n_eval)
             pool = table["prompt"].iloc[rng.permutation(len(table))[: n_rl + n_eval]].tolist()
@@ -121,11 +120,9 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
             corpus["split"] = assign_splits(len(corpus), params.world.corpus_val_fraction, rng)
             timings["corpus_s"] = time.perf_counter() - t0
             tokenizer = train_tokenizer([*corpus["prompt"], *corpus["response"]])
-            tokenizer.save_pretrained(out / "tokenizer")
         else:
-            tok_source = src.policy if src.tokenizer == "policy" else src.tokenizer
-            tokenizer = load_tokenizer(tok_source)
-            tokenizer.save_pretrained(out / "tokenizer")
+            tokenizer = load_tokenizer(src.policy if src.tokenizer == "policy" else src.tokenizer)
+        tokenizer.save_pretrained(out / "tokenizer")
 
         # 2. the SFT policy
         t1 = time.perf_counter()
@@ -162,9 +159,9 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
         # 3. preference pairs: two policy samples per prompt (or a dataset), gold labels, flips
         t2 = time.perf_counter()
         pref = params.preferences
+        n_draw = int(pref.n_pairs * 1.15) + 8  # a margin for gold ties and empty responses
         if src.preferences == "embedded":
             rng = np.random.default_rng(_seed(params, SEED_PAIRS))
-            n_draw = int(pref.n_pairs * 1.15) + 8  # a margin for gold ties, which are dropped
             if src.prompts == "embedded":
                 pair_prompts = [i.text for i in sample_instructions(params.world, n_draw, rng)]
             else:
@@ -188,7 +185,7 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
                 src.preferences, "sources.preferences", ["prompt", "chosen", "rejected"]
             )
             validate_preferences(table, src.preferences)
-            table = table.iloc[: int(pref.n_pairs * 1.15) + 8]
+            table = table.iloc[:n_draw]
             pair_prompts, a, b = (
                 table["prompt"].tolist(),
                 table["chosen"].tolist(),
