@@ -52,3 +52,14 @@ def test_missing_artifacts_name_the_file_and_the_stage(tmp_path):
 def test_write_json(tmp_path):
     write_json(tmp_path / "m.json", {"a": 1.5})
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1.5}
+
+
+def test_reading_an_unbuilt_world_names_the_missing_file(tmp_path):
+    from study.world.build import load_preferences, load_summary
+
+    with pytest.raises(
+        MissingArtifactError, match=r"summary\.json: missing artifact \(made by the world stage"
+    ):
+        load_summary(tmp_path)
+    with pytest.raises(MissingArtifactError, match=r"preferences/val\.parquet: missing artifact"):
+        load_preferences(tmp_path, "val")
