@@ -103,6 +103,14 @@ def test_world_stage_runs_under_dvc_at_smoke_scale(tmp_path):
         "artifacts/world/summary.json",
     ):
         assert (tmp_path / rel).stat().st_size > 0, rel
+    executed = json.loads((tmp_path / "reports/01_world.ipynb").read_text())
+    images = [
+        o
+        for c in executed["cells"]
+        for o in c.get("outputs", [])
+        if "image/png" in o.get("data", {})
+    ]
+    assert len(images) >= 2  # the report shows its figures, not only files beside it
     metrics = json.loads((tmp_path / "results/world/metrics.json").read_text())
     assert metrics["profile"] == "smoke" and 0 <= metrics["sft_eos_share"] <= 1
     status = run("dvc", "status", "world")
