@@ -101,3 +101,10 @@ def test_flaws_are_frequent_at_low_quality_and_rare_at_high():
     for lo, hi in zip(low, high, strict=True):
         assert lo > 0.1
         assert hi < 0.02
+
+
+def test_grammatical_share_counts_the_tail_as_a_sentence():
+    from study.world.grammar import grammatical_share
+
+    assert grammatical_share(*split_sentences("the moon is dark . love i the moon . the")) == 1 / 3
+    assert grammatical_share(*split_sentences("")) == 0.0

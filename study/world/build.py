@@ -32,7 +32,7 @@ from study.io import atomic_path, provenance, read_table, require, write_json, w
 from study.preferences import assign_splits, label_pairs, validate_preferences
 from study.world.gold import EmbeddedGold, GoldReward
 from study.world.grammar import (
-    is_grammatical,
+    grammatical_share,
     parse_instruction,
     sample_corpus,
     sample_instructions,
@@ -50,13 +50,6 @@ def make_gold(params: Params) -> GoldReward:
     if params.sources.gold == "embedded":
         return EmbeddedGold(params.gold)
     return HubGold(params.sources.gold, params.sources.prompt_template)
-
-
-def grammatical_share(response: str) -> float:
-    """Share of a response's sentences (an unfinished tail counts as one) that the grammar accepts."""
-    sentences, tail = split_sentences(response)
-    n = len(sentences) + (1 if tail else 0)
-    return sum(is_grammatical(s) for s in sentences) / n if n else 0.0
 
 
 def _describe_prompts(prompts: list[str]) -> pd.DataFrame:
@@ -254,7 +247,7 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
             [samples, gold.score(report_prompts, s.texts, s.finished).to_frame("gold")], axis=1
         )
         if src.gold == "embedded":
-            samples["grammatical"] = [grammatical_share(r) for r in s.texts]
+            samples["grammatical"] = [grammatical_share(*split_sentences(r)) for r in s.texts]
         write_table(out / "sft_samples.parquet", samples, prov)
         timings["samples_s"] = time.perf_counter() - t3
         timings["total_s"] = time.perf_counter() - t0

@@ -42,7 +42,7 @@ from study.world.grammar import (
     STOP,
     TONE_OF,
     TOPIC_OF,
-    is_grammatical,
+    grammatical_share,
     parse_instruction,
     split_sentences,
 )
@@ -98,9 +98,7 @@ def gold_components(
     tone = _saturating(on_tone, cfg.tone_scale) - cfg.wrong_tone_penalty * off_tone
 
     sentences, tail = split_sentences(response)
-    n_units = len(sentences) + (1 if tail else 0)
-    good = sum(is_grammatical(s) for s in sentences)
-    fluency = good / n_units if n_units else 0.0
+    fluency = grammatical_share(sentences, tail)
 
     target = ins.target_sentences
     sigma = max(1.0, target / 2)

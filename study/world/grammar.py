@@ -370,3 +370,12 @@ def is_grammatical(sentence: Sequence[str]) -> bool:
         i = classes.index("CONJ")
         return classes[:i] in _CLAUSE_SET and classes[i + 1 :] in _CLAUSE_SET
     return False
+
+
+def grammatical_share(sentences: Sequence[Sequence[str]], tail: Sequence[str]) -> float:
+    """Share of sentences the grammar accepts, an unfinished tail counting as one more (0 if none).
+
+    Takes the output of `split_sentences`; this is the gold reward's fluency component.
+    """
+    n = len(sentences) + (1 if tail else 0)
+    return sum(is_grammatical(s) for s in sentences) / n if n else 0.0
