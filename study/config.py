@@ -287,6 +287,116 @@ class PreferencesConfig:
         _check(self.n_samples_report >= 1, "preferences.n_samples_report", "must be >= 1")
 
 
+RESAMPLING = ("none", "bootstrap", "poisson")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    k: int = _f(
+        5, "Heads of the multi-head model and members of the full ensemble (a single model has 1)."
+    )
+    encoder: str = _f(
+        "policy",
+        "'policy' (the SFT policy's backbone, as Ahmed et al.), 'scratch' (its architecture, freshly initialised) or a Hugging Face id / directory of any encoder.",
+    )
+    max_length: int = _f(
+        96, "Longest prompt + response (tokens) a reward model reads; longer ones are cut."
+    )
+    batch_size: int = _f(32, "Preference pairs per optimiser step.")
+    lr: float = _f(3e-4, "Peak AdamW learning rate.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    warmup_fraction: float = _f(
+        0.05, "Share of the steps spent in linear warm-up before the cosine decay."
+    )
+    grad_clip: float = _f(1.0, "Gradient-norm clip.")
+    epochs_single: int = _f(1, "Epochs of the single reward model.")
+    epochs_multihead: int = _f(1, "Epochs of the multi-head model (Ahmed et al.: 1).")
+    epochs_ensemble: int = _f(
+        3, "Epochs of each full-ensemble member (Ahmed et al. after Coste et al.: 3)."
+    )
+    resample: str = _f(
+        "none",
+        "Per-head (per-member) resampling of the training pairs: 'none' (heads differ by initialisation only, the paper's setting), 'bootstrap' (multinomial counts) or 'poisson' (Poisson(1) weights).",
+    )
+    head_init_std: float = _f(
+        0.02, "Standard deviation of the normal initialisation of every head."
+    )
+    freeze_encoder: bool = _f(False, "Train the heads only, on the initial encoder's features.")
+    uwo_lambda: float = _f(
+        0.5, "Weight of the head variance in UWO (mean - lambda * population variance)."
+    )
+    eval_batch_size: int = _f(256, "Sequences per scoring call.")
+
+    def __post_init__(self) -> None:
+        _check(self.k >= 1, "reward.k", "must be >= 1")
+        _check(self.max_length >= 8, "reward.max_length", "must be >= 8")
+        _check(self.batch_size >= 1, "reward.batch_size", "must be >= 1")
+        _check(self.lr > 0, "reward.lr", "must be > 0")
+        _check(self.weight_decay >= 0, "reward.weight_decay", "must be >= 0")
+        _check(0.0 <= self.warmup_fraction < 1.0, "reward.warmup_fraction", "must be in [0, 1)")
+        _check(self.grad_clip > 0, "reward.grad_clip", "must be > 0")
+        for name in ("epochs_single", "epochs_multihead", "epochs_ensemble"):
+            _check(getattr(self, name) >= 1, f"reward.{name}", "must be >= 1")
+        _check(
+            self.resample in RESAMPLING,
+            "reward.resample",
+            f"must be one of {', '.join(RESAMPLING)}, got {self.resample!r}",
+        )
+        _check(self.head_init_std > 0, "reward.head_init_std", "must be > 0")
+        _check(self.uwo_lambda >= 0, "reward.uwo_lambda", "must be >= 0")
+        _check(self.eval_batch_size >= 1, "reward.eval_batch_size", "must be >= 1")
+
+    def epochs(self, family: str) -> int:
+        """Epochs for a family ('single', 'multihead' or 'ensemble')."""
+        return {
+            "single": self.epochs_single,
+            "multihead": self.epochs_multihead,
+            "ensemble": self.epochs_ensemble,
+        }[family]
+
+
+@dataclass(frozen=True)
+class RewardEvalConfig:
+    calibration_bins: int = _f(10, "Equal-width bins of the reliability diagrams (and ECE).")
+    diversity_sweep: list[str] = _f(
+        [
+            "resample=none",
+            "resample=bootstrap",
+            "resample=poisson",
+            "head_init_std=0.5",
+            "freeze_encoder=true",
+        ],
+        "Options whose head diversity is measured, each one 'key=value' override of the reward section (multi-head and full ensemble, first seed).",
+    )
+    cost_ks: list[int] = _f(
+        [1, 2, 3, 5, 8], "Numbers of heads / members at which cost is measured."
+    )
+    cost_steps: int = _f(
+        20,
+        "Timed training steps per cost point (after 3 warm-up steps); time per epoch is their median times the steps in an epoch.",
+    )
+    cost_score_batches: int = _f(
+        10, "Timed scoring batches (of reward.eval_batch_size sequences) per cost point."
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.calibration_bins >= 2, "reward_eval.calibration_bins", "must be >= 2")
+        for opt in self.diversity_sweep:
+            key, sep, _ = opt.partition("=")
+            _check(
+                bool(sep) and key in {f.name for f in dataclasses.fields(RewardConfig)},
+                "reward_eval.diversity_sweep",
+                f"{opt!r} is not 'key=value' with a key of the reward section",
+            )
+        _check(
+            len(self.cost_ks) >= 1 and all(k >= 1 for k in self.cost_ks),
+            "reward_eval.cost_ks",
+            "must list Ks >= 1",
+        )
+        _check(self.cost_steps >= 1, "reward_eval.cost_steps", "must be >= 1")
+        _check(self.cost_score_batches >= 1, "reward_eval.cost_score_batches", "must be >= 1")
+
+
 @dataclass(frozen=True)
 class Params:
     """One resolved profile: every section of `params.yaml`."""
@@ -299,6 +409,8 @@ class Params:
     sft: SFTConfig
     sampling: SamplingConfig
     preferences: PreferencesConfig
+    reward: RewardConfig
+    reward_eval: RewardEvalConfig
 
     def __post_init__(self) -> None:
         _check(
@@ -306,6 +418,8 @@ class Params:
             "sampling.max_new_tokens",
             f"must be < sft.max_length ({self.sft.max_length}) to leave room for the prompt",
         )
+        for opt in self.reward_eval.diversity_sweep:
+            with_override(self.reward, opt, "reward_eval.diversity_sweep")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -314,6 +428,21 @@ class Params:
 SECTIONS: dict[str, type] = {
     name: hint for name, hint in typing.get_type_hints(Params).items() if name != "profile"
 }
+
+
+def with_override(cfg: Any, option: str, where: str = "option") -> Any:
+    """`cfg` (a section dataclass) with one 'key=value' override applied and checked."""
+    key, sep, text = option.partition("=")
+    if not sep:
+        raise ConfigError(f"{where}: {option!r} is not 'key=value'")
+    value = yaml.safe_load(text)
+    raw = {key.strip(): value}
+    _check_section(type(cfg), raw, f"{where} {option!r}")
+    hints = typing.get_type_hints(type(cfg))
+    try:
+        return dataclasses.replace(cfg, **{k: _coerce(v, hints[k]) for k, v in raw.items()})
+    except ConfigError as e:
+        raise ConfigError(f"{where} {option!r}: {e}") from None
 
 
 # ------------------------------------------------------------------------------------- validation

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 
@@ -13,6 +12,7 @@ from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from study.config import SFTConfig
+from study.optim import length_grouped_batches, warmup_cosine
 
 IGNORE = -100
 
@@ -32,6 +32,9 @@ def build_policy(cfg: SFTConfig, tokenizer: PreTrainedTokenizerBase, seed: int) 
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        # GPT-2's tanh approximation of GELU as one fused kernel: the same function as
+        # "gelu_new", 25% faster for the reward models and PPO on a CPU
+        activation_function="gelu_pytorch_tanh",
     )
     model = GPT2LMHeadModel(config)
     model.loss_type = (
@@ -76,10 +79,7 @@ def encode_sft(
 
 def lr_at(step: int, cfg: SFTConfig) -> float:
     """Linear warm-up to `cfg.lr`, then cosine decay to 10% of it."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return warmup_cosine(step, cfg.steps, cfg.warmup_steps, cfg.lr)
 
 
 @torch.no_grad()
@@ -102,27 +102,6 @@ def eval_loss(
         count += n
     model.train()
     return total / max(count, 1)
-
-
-def length_grouped_batches(
-    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group: int = 32
-) -> list[np.ndarray]:
-    """One epoch of shuffled batches whose rows have similar lengths (as HF's group_by_length).
-
-    Rows are shuffled, cut into groups of `group` batches, sorted by length within a group and
-    batched; the batch order is shuffled again. Padding, and so time per step, roughly halves.
-    """
-    order = rng.permutation(len(lengths))
-    batches = []
-    for s in range(0, len(order), batch_size * group):
-        chunk = order[s : s + batch_size * group]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(
-            chunk[i : i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size)
-        )
-    if not batches:  # fewer rows than one batch
-        batches = [order]
-    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def train_sft(

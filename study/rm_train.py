@@ -1,0 +1,371 @@
+"""Bradley–Terry training of reward models of every family, and their checkpoints.
+
+A multi-head model is trained once, every head with its own BT loss on the same batches (the
+losses averaged, `study.rewards.bt_loss`); a full ensemble is K single-head models trained one after
+the other, each with its own seed (head initialisation and data order). Heads or members can be
+kept apart by per-head resampling of the training pairs (`reward.resample`), a larger head
+initialisation (`reward.head_init_std`) or a frozen encoder (`reward.freeze_encoder`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from study.config import Params, RewardConfig, with_override
+from study.hub import load_tokenizer
+from study.io import atomic_path, provenance, write_json, write_table
+from study.optim import length_grouped_batches, warmup_cosine
+from study.reward_models import (
+    FAMILIES,
+    EnsembleRewardModel,
+    MultiHeadRewardModel,
+    RewardModel,
+    build_reward_model,
+    encode,
+    num_parameters,
+    right_pad,
+    score_ids,
+)
+from study.rewards import bt_loss
+from study.rm_eval import accuracy_table, head_diversity, rewards_frame
+from study.world.build import load_preferences
+
+TRAINING_FILE = "training.json"
+
+
+@dataclass
+class EncodedPairs:
+    """Token ids of the chosen and rejected sides of N preference pairs, and their flags."""
+
+    chosen: list[list[int]]
+    rejected: list[list[int]]
+    flipped: np.ndarray  # (N,) bool: the label was flipped (chosen is gold-worse)
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+
+def encode_pairs(
+    tokenizer: PreTrainedTokenizerBase, df: pd.DataFrame, template: str, max_length: int
+) -> EncodedPairs:
+    """Encode a validated preference table (prompt, chosen, rejected, *_finished, flipped)."""
+    queries = [template.format(prompt=p) for p in df["prompt"]]
+    chosen_fin = df["chosen_finished"] if "chosen_finished" in df else [True] * len(df)
+    rejected_fin = df["rejected_finished"] if "rejected_finished" in df else [True] * len(df)
+    flipped = df["flipped"].to_numpy(bool) if "flipped" in df else np.zeros(len(df), bool)
+    return EncodedPairs(
+        chosen=encode(tokenizer, queries, df["chosen"].tolist(), list(chosen_fin), max_length),
+        rejected=encode(
+            tokenizer, queries, df["rejected"].tolist(), list(rejected_fin), max_length
+        ),
+        flipped=flipped,
+    )
+
+
+def resample_weights(n: int, k: int, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """Per-head weights (K, N) of the N training pairs.
+
+    'none': all ones (heads see identical data); 'bootstrap': each head's multinomial counts of N
+    draws with replacement (the classic bootstrap); 'poisson': independent Poisson(1) counts, the
+    streaming approximation of the bootstrap.
+    """
+    if mode == "none":
+        return torch.ones(k, n)
+    if mode == "bootstrap":
+        draws = torch.randint(n, (k, n), generator=generator)
+        return torch.zeros(k, n).scatter_add_(1, draws, torch.ones(k, n))
+    if mode == "poisson":
+        return torch.poisson(torch.ones(k, n), generator=generator)
+    raise ValueError(f"reward.resample: unknown mode {mode!r} (known: none, bootstrap, poisson)")
+
+
+def train_reward_model(
+    model: MultiHeadRewardModel,
+    pairs: EncodedPairs,
+    cfg: RewardConfig,
+    epochs: int,
+    seed: int,
+    pad_id: int,
+    progress: bool = True,
+    max_steps: int | None = None,
+) -> pd.DataFrame:
+    """Train every head of `model` with its own BT loss; returns the per-step history.
+
+    Each step scores the chosen and rejected sides of a batch of pairs in one forward pass,
+    (2B, T) -> rewards (K, 2B), and minimises `bt_loss` weighted by the heads' resampling weights.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    weights = resample_weights(len(pairs), model.k, cfg.resample, gen)  # (K, N)
+    lengths = np.array(
+        [max(len(c), len(r)) for c, r in zip(pairs.chosen, pairs.rejected, strict=True)]
+    )
+    if cfg.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(
+        length_grouped_batches(lengths, cfg.batch_size, np.random.default_rng(0), drop_last=False)
+    )
+    total = (
+        steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * epochs)
+    )
+    warmup = int(cfg.warmup_fraction * total)
+    rows = []
+    step = 0
+    model.train()
+    bar = tqdm(
+        total=total, desc=f"reward model (K={model.k})", disable=not progress, mininterval=2.0
+    )
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        # batches of similar lengths (half the padding), every pair once per epoch
+        for batch in length_grouped_batches(lengths, cfg.batch_size, rng, drop_last=False):
+            if step >= total:
+                break
+            idx = torch.as_tensor(batch)
+            seqs = [pairs.chosen[i] for i in idx] + [pairs.rejected[i] for i in idx]
+            ids, mask = right_pad(seqs, pad_id)
+            r = model.rewards(ids, mask)  # (K, 2B)
+            r_chosen, r_rejected = r.chunk(2, dim=1)  # (K, B) each
+            loss = bt_loss(r_chosen, r_rejected, weight=weights[:, idx])
+            lr = warmup_cosine(step, total, warmup, cfg.lr)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                acc = (r_chosen > r_rejected).float().mean().item()
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(
+                    f"reward-model training: loss is {loss.item()} at step {step}"
+                )
+            rows.append(
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": loss.item(),
+                    "acc_noisy": acc,
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
+    model.eval()
+    return pd.DataFrame(rows)
+
+
+def member_seed(base_seed: int, seed: int, member: int) -> int:
+    """The seed of one member (or of a multi-head model, member 0) of one replicate `seed`."""
+    return int(np.random.SeedSequence([base_seed, seed, member]).generate_state(1)[0])
+
+
+def train_family(
+    family: str,
+    cfg: RewardConfig,
+    policy_dir: str | Path,
+    pairs: EncodedPairs,
+    base_seed: int,
+    seed: int,
+    pad_id: int,
+    progress: bool = True,
+    max_steps: int | None = None,
+) -> tuple[RewardModel, pd.DataFrame]:
+    """Build and train one reward model of `family` ('single', 'multihead' or 'ensemble').
+
+    Returns the model (its rewards are (K, B); K = 1 for 'single') and the training history with a
+    `member` column (0 for the one-encoder families).
+    """
+    epochs = cfg.epochs(family)
+    n_members, k = {"single": (1, 1), "multihead": (1, cfg.k), "ensemble": (cfg.k, 1)}[family]
+    members, histories = [], []
+    for m in range(n_members):
+        s = member_seed(base_seed, seed, m)
+        model = build_reward_model(cfg.encoder, policy_dir, k, s, cfg.head_init_std, pad_id)
+        hist = train_reward_model(model, pairs, cfg, epochs, s, pad_id, progress, max_steps)
+        histories.append(hist.assign(member=m))
+        members.append(model)
+    model = EnsembleRewardModel(members) if family == "ensemble" else members[0]
+    return model, pd.concat(histories, ignore_index=True)
+
+
+def save_reward_model(
+    model: RewardModel,
+    tokenizer: PreTrainedTokenizerBase,
+    path: str | Path,
+    training: dict[str, Any],
+) -> None:
+    """A Hugging Face directory (or one per ensemble member) with the tokenizer and the resolved
+    parameters that made it (`training.json`)."""
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / TRAINING_FILE).write_text(json.dumps(training, indent=2, default=str))
+
+
+def training_record(
+    family: str, cfg: RewardConfig, seed: int, base_seed: int, **extra: Any
+) -> dict[str, Any]:
+    """What a checkpoint carries about how it was made."""
+    return {"family": family, "seed": seed, "base_seed": base_seed, "reward": asdict(cfg), **extra}
+
+
+# ----------------------------------------------------------------------------------------- stage
+
+
+def reward_tokenizer(cfg: RewardConfig, world_dir: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer a reward model reads with: the policy's, or the named encoder's own."""
+    if cfg.encoder in ("policy", "scratch"):
+        return load_tokenizer(str(Path(world_dir) / "policy"), "reward.encoder")
+    return load_tokenizer(cfg.encoder, "reward.encoder")
+
+
+def load_pairs(
+    params: Params, world_dir: str | Path, split: str, tokenizer: PreTrainedTokenizerBase
+) -> tuple[pd.DataFrame, EncodedPairs]:
+    """A validated preference split of the world and its encoding for the reward models."""
+    df = load_preferences(world_dir, split)
+    enc = encode_pairs(tokenizer, df, params.sources.prompt_template, params.reward.max_length)
+    return df, enc
+
+
+def run_reward_stage(
+    params: Params,
+    family: str,
+    seed: int,
+    world_dir: str | Path,
+    model_dir: str | Path,
+    results_dir: str | Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train one reward model of `family` for replicate `seed`, score the validation pairs, write.
+
+    Writes (each atomically) the model directory, `history.parquet` (per-step loss), and
+    `val_rewards.parquet` (pair_id, head, r_chosen, r_rejected) plus `train.json` (time, size).
+    Returns the contents of `train.json`.
+    """
+    if family not in FAMILIES:
+        raise ValueError(
+            f"family: unknown reward-model family {family!r} (known: {', '.join(FAMILIES)})"
+        )
+    cfg = params.reward
+    torch.set_num_threads(params.run.threads)
+    tokenizer = reward_tokenizer(cfg, world_dir)
+    _, train = load_pairs(params, world_dir, "train", tokenizer)
+    val_df, val = load_pairs(params, world_dir, "val", tokenizer)
+    t0 = time.perf_counter()
+    model, history = train_family(
+        family,
+        cfg,
+        Path(world_dir) / "policy",
+        train,
+        params.run.seed,
+        seed,
+        tokenizer.pad_token_id,
+        progress,
+    )
+    train_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    r_chosen = score_ids(model, val.chosen, tokenizer.pad_token_id, cfg.eval_batch_size)
+    r_rejected = score_ids(model, val.rejected, tokenizer.pad_token_id, cfg.eval_batch_size)
+    score_seconds = time.perf_counter() - t0
+    info = {
+        "family": family,
+        "seed": seed,
+        "k": model.k,
+        "epochs": cfg.epochs(family),
+        "train_pairs": len(train),
+        "val_pairs": len(val),
+        "parameters": num_parameters(model),
+        "train_seconds": train_seconds,
+        "val_score_seconds": score_seconds,
+        "steps": len(history),
+    }
+    prov = provenance(params)
+    with atomic_path(model_dir) as tmp:
+        save_reward_model(
+            model, tokenizer, tmp, training_record(family, cfg, seed, params.run.seed, **info)
+        )
+    results = Path(results_dir)
+    write_table(results / "history.parquet", history.assign(family=family, seed=seed), prov)
+    frame = rewards_frame(r_chosen, r_rejected, val_df["pair_id"].to_numpy())
+    write_table(results / "val_rewards.parquet", frame.assign(family=family, seed=seed), prov)
+    write_json(results / "train.json", info)
+    return info
+
+
+def run_diversity_sweep(
+    params: Params,
+    world_dir: str | Path,
+    options: Sequence[str],
+    families: Sequence[str] = ("multihead", "ensemble"),
+    seed: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Head diversity and accuracy of each 'key=value' option of the reward section, per family.
+
+    One row per (option, family): the diversity measures of `study.rm_eval.head_diversity` on the
+    validation pairs, the mean head accuracy and the min-aggregate accuracy against clean labels,
+    and the training time. Models are not kept.
+    """
+    torch.set_num_threads(params.run.threads)
+    rows = []
+    for option in options:
+        cfg = with_override(params.reward, option, "reward_eval.diversity_sweep")
+        tokenizer = reward_tokenizer(cfg, world_dir)
+        _, train = load_pairs(
+            dataclasses.replace(params, reward=cfg), world_dir, "train", tokenizer
+        )
+        _, val = load_pairs(dataclasses.replace(params, reward=cfg), world_dir, "val", tokenizer)
+        for family in families:
+            t0 = time.perf_counter()
+            model, _ = train_family(
+                family,
+                cfg,
+                Path(world_dir) / "policy",
+                train,
+                params.run.seed,
+                seed,
+                tokenizer.pad_token_id,
+                progress,
+            )
+            seconds = time.perf_counter() - t0
+            r_c = score_ids(model, val.chosen, tokenizer.pad_token_id, cfg.eval_batch_size)
+            r_r = score_ids(model, val.rejected, tokenizer.pad_token_id, cfg.eval_batch_size)
+            acc = accuracy_table(r_c, r_r, val.flipped, uwo_lambda=cfg.uwo_lambda)
+            heads = acc[acc["unit"] == "head"]
+            agg = acc[acc["unit"] == "aggregate"].set_index("name")
+            rows.append(
+                {
+                    "option": option,
+                    "family": family,
+                    "k": model.k,
+                    "epochs": cfg.epochs(family),
+                    **head_diversity(r_c, r_r),
+                    "head_acc_clean": heads["acc_clean"].mean(),
+                    "min_acc_clean": agg.loc["min", "acc_clean"],
+                    "mean_acc_clean": agg.loc["mean", "acc_clean"],
+                    "train_seconds": seconds,
+                    "seed": seed,
+                }
+            )
+    return pd.DataFrame(rows)

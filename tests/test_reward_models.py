@@ -1,0 +1,233 @@
+"""Reward-model families: one calling convention (K, B), save/load, vmap ensemble, training."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from study.config import SFTConfig, load_params
+from study.generation import left_pad
+from study.reward_models import (
+    EnsembleRewardModel,
+    MultiHeadRewardModel,
+    RewardModelError,
+    build_reward_model,
+    load_reward_model,
+    num_parameters,
+    right_pad,
+    score_ids,
+)
+from study.rm_train import (
+    encode_pairs,
+    resample_weights,
+    save_reward_model,
+    train_family,
+    train_reward_model,
+)
+from study.world.grammar import sample_instructions, sample_response
+from study.world.sft import build_policy
+from tests.conftest import ROOT
+
+TEMPLATE = "{prompt} <sep>"
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory, tokenizer):
+    cfg = SFTConfig(n_layer=1, n_embd=32, n_head=2, max_length=96, steps=10, warmup_steps=1)
+    model = build_policy(cfg, tokenizer, seed=0)
+    path = tmp_path_factory.mktemp("policy")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reward_cfg():
+    return dataclasses.replace(load_params(ROOT / "params.yaml", "smoke").reward, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def pairs_df(smoke_params):
+    """Pairs whose 'chosen' side is on topic and 'rejected' drifts: learnable in a few steps."""
+    rng = np.random.default_rng(0)
+    ins = sample_instructions(smoke_params.world, 96, rng)
+    rows = []
+    for i, instr in enumerate(ins):
+        good = sample_response(smoke_params.world, instr, 1.0, rng)
+        bad = sample_response(smoke_params.world, instr, 0.0, rng)
+        rows.append(
+            {
+                "pair_id": i,
+                "prompt": instr.text,
+                "chosen": good,
+                "rejected": bad,
+                "chosen_finished": True,
+                "rejected_finished": True,
+                "flipped": False,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def pairs(tokenizer, pairs_df, reward_cfg):
+    return encode_pairs(tokenizer, pairs_df, TEMPLATE, reward_cfg.max_length)
+
+
+def _batch(pairs, n=8):
+    return right_pad(pairs.chosen[:n], 0)
+
+
+def test_multihead_rewards_are_k_by_b_and_heads_cost_k_minus_1_times_hidden_plus_1(policy_dir):
+    single = build_reward_model("policy", policy_dir, 1, seed=0)
+    multi = build_reward_model("policy", policy_dir, 5, seed=0)
+    ids = torch.randint(4, 50, (3, 12))
+    mask = torch.ones_like(ids)
+    assert multi.rewards(ids, mask).shape == (5, 3)
+    hidden = multi.encoder.config.n_embd
+    assert num_parameters(multi) - num_parameters(single) == 4 * (hidden + 1)
+    assert isinstance(multi.score, torch.nn.Linear) and multi.score.bias is not None
+
+
+def test_encoder_starts_from_the_policy_backbone_or_from_scratch(policy_dir):
+    from transformers import AutoModelForCausalLM
+
+    policy = AutoModelForCausalLM.from_pretrained(policy_dir)
+    from_policy = build_reward_model("policy", policy_dir, 2, seed=0)
+    scratch = build_reward_model("scratch", policy_dir, 2, seed=1)
+    wte = policy.transformer.wte.weight
+    assert torch.equal(from_policy.encoder.wte.weight, wte)
+    assert not torch.allclose(scratch.encoder.wte.weight, wte)
+    with pytest.raises(RewardModelError, match=r"reward\.encoder"):
+        build_reward_model(str(policy_dir / "nowhere"), policy_dir, 2, seed=0)
+
+
+def test_padding_side_does_not_change_the_reward(policy_dir, pairs):
+    model = build_reward_model("policy", policy_dir, 3, seed=0).eval()
+    seqs = [pairs.chosen[0], pairs.chosen[1][:7], pairs.rejected[2]]
+    with torch.no_grad():
+        right = model.rewards(*right_pad(seqs, 0))
+        left = model.rewards(*left_pad(seqs, 0))
+        alone = torch.cat([model.rewards(*right_pad([s], 0)) for s in seqs], dim=1)
+    torch.testing.assert_close(right, left, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(right, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_vmapped_ensemble_equals_a_loop_over_members(policy_dir, pairs):
+    members = [build_reward_model("policy", policy_dir, 1, seed=s).eval() for s in range(4)]
+    ensemble = EnsembleRewardModel(members)
+    ids, mask = _batch(pairs)
+    with torch.no_grad():
+        looped = torch.cat([m.rewards(ids, mask) for m in members], dim=0)  # (K, B)
+        vmapped = ensemble.rewards(ids, mask)
+    assert vmapped.shape == (4, 8)
+    torch.testing.assert_close(vmapped, looped, atol=1e-5, rtol=1e-5)
+    assert num_parameters(ensemble) == 4 * num_parameters(members[0])
+
+
+def test_ensemble_rejects_multi_head_members(policy_dir):
+    with pytest.raises(RewardModelError, match="member 1 has 2 heads"):
+        EnsembleRewardModel([build_reward_model("policy", policy_dir, k, seed=0) for k in (1, 2)])
+
+
+def test_save_load_round_trips_give_identical_rewards(policy_dir, pairs, tokenizer, tmp_path):
+    multi = build_reward_model("policy", policy_dir, 3, seed=0).eval()
+    ensemble = EnsembleRewardModel(
+        [build_reward_model("policy", policy_dir, 1, seed=s) for s in range(3)]
+    )
+    ids, mask = _batch(pairs)
+    for name, model in (("multi", multi), ("ens", ensemble)):
+        save_reward_model(model, tokenizer, tmp_path / name, {"family": name})
+        loaded = load_reward_model(tmp_path / name, k=3)
+        assert type(loaded) is type(model)
+        with torch.no_grad():
+            assert torch.equal(loaded.rewards(ids, mask), model.rewards(ids, mask))
+    # an ordinary Hugging Face sequence-classification model with num_labels = K
+    from transformers import AutoModelForSequenceClassification
+
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "multi")
+    assert isinstance(hf, MultiHeadRewardModel) and hf.config.num_labels == 3
+    assert (tmp_path / "multi" / "training.json").is_file()
+
+
+def test_a_k_that_does_not_match_the_saved_model_is_named(policy_dir, tokenizer, tmp_path):
+    save_reward_model(
+        build_reward_model("policy", policy_dir, 3, seed=0), tokenizer, tmp_path / "m", {}
+    )
+    with pytest.raises(RewardModelError, match=r"K = 3.*K = 5"):
+        load_reward_model(tmp_path / "m", k=5)
+    with pytest.raises(RewardModelError, match="no reward model here"):
+        load_reward_model(tmp_path / "empty")
+
+
+def test_score_ids_restores_the_input_order(policy_dir, pairs):
+    model = build_reward_model("policy", policy_dir, 2, seed=0).eval()
+    seqs = pairs.chosen[:10]
+    batched = score_ids(model, seqs, pad_id=0, batch_size=3)
+    with torch.no_grad():
+        one_by_one = torch.cat([model.rewards(*right_pad([s], 0)) for s in seqs], dim=1)
+    torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=1e-5)
+
+
+def test_resample_weights():
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(resample_weights(7, 2, "none", g), torch.ones(2, 7))
+    boot = resample_weights(1000, 3, "bootstrap", g)
+    assert boot.shape == (3, 1000) and (boot.sum(1) == 1000).all()
+    assert not torch.equal(boot[0], boot[1])  # each head its own resample
+    assert 0.55 < (boot[0] > 0).float().mean() < 0.71  # 1 - 1/e of pairs drawn at least once
+    pois = resample_weights(20000, 2, "poisson", g)
+    assert abs(pois.mean().item() - 1.0) < 0.03 and abs(pois.var().item() - 1.0) < 0.05
+    with pytest.raises(ValueError, match="resample"):
+        resample_weights(5, 1, "jackknife", g)
+
+
+def test_short_training_lowers_the_loss_and_changes_the_weights(policy_dir, pairs, reward_cfg):
+    model = build_reward_model("policy", policy_dir, 3, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = dataclasses.replace(reward_cfg, lr=3e-3)
+    hist = train_reward_model(model, pairs, cfg, epochs=4, seed=0, pad_id=0, progress=False)
+    assert len(hist) == 4 * int(np.ceil(len(pairs) / cfg.batch_size))
+    first, last = hist["loss"].head(6).mean(), hist["loss"].tail(6).mean()
+    assert first > 0.6 and last < first - 0.1, (first, last)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert "score.weight" in changed and any(k.startswith("encoder.") for k in changed)
+
+
+def test_frozen_encoder_trains_the_heads_only(policy_dir, pairs, reward_cfg):
+    model = build_reward_model("policy", policy_dir, 2, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = dataclasses.replace(reward_cfg, freeze_encoder=True)
+    train_reward_model(model, pairs, cfg, epochs=1, seed=0, pad_id=0, progress=False)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"score.weight", "score.bias"} or changed == {"score.weight"}
+
+
+def test_multihead_with_k1_equals_the_single_model(policy_dir, pairs, reward_cfg):
+    cfg = dataclasses.replace(reward_cfg, k=1, epochs_single=1, epochs_multihead=1)
+    single, _ = train_family("single", cfg, policy_dir, pairs, 0, 0, pad_id=0, progress=False)
+    multi, _ = train_family("multihead", cfg, policy_dir, pairs, 0, 0, pad_id=0, progress=False)
+    ids, mask = _batch(pairs)
+    with torch.no_grad():
+        r = single.rewards(ids, mask)
+        assert r.shape == (1, 8)
+        torch.testing.assert_close(multi.rewards(ids, mask), r, atol=0, rtol=0)
+    # the ensemble's members train for reward.epochs_ensemble epochs; with 1, K = 1, same seed: same
+    cfg1 = dataclasses.replace(cfg, epochs_ensemble=1)
+    ens, _ = train_family("ensemble", cfg1, policy_dir, pairs, 0, 0, pad_id=0, progress=False)
+    with torch.no_grad():
+        torch.testing.assert_close(ens.rewards(ids, mask), r, atol=1e-5, rtol=1e-5)
+
+
+def test_ensemble_members_get_their_own_seeds(policy_dir, pairs, reward_cfg):
+    cfg = dataclasses.replace(reward_cfg, k=2, epochs_ensemble=1)
+    ens, hist = train_family("ensemble", cfg, policy_dir, pairs, 0, 0, pad_id=0, progress=False)
+    assert ens.k == 2 and sorted(hist["member"].unique()) == [0, 1]
+    ids, mask = _batch(pairs)
+    with torch.no_grad():
+        r = ens.rewards(ids, mask)
+    assert not torch.allclose(r[0], r[1])
