@@ -41,6 +41,13 @@ def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """The default of a dataclass field, whether a value or a factory (lists)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"{key}: {msg}")
@@ -596,7 +603,7 @@ def describe() -> str:
     for section, cls in SECTIONS.items():
         lines.append(f"{section}:")
         for f in dataclasses.fields(cls):
-            lines.append(f"  {f.name} (default {f.default!r}): {f.metadata.get('help', '')}")
+            lines.append(f"  {f.name} (default {field_default(f)!r}): {f.metadata.get('help', '')}")
     return "\n".join(lines)
 
 

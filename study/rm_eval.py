@@ -189,7 +189,7 @@ def rewards_from_frame(df: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor, np
     pair_id = df.loc[df["head"] == df["head"].iloc[0], "pair_id"].to_numpy()
     shape = (k, len(pair_id))
     return (
-        torch.as_tensor(df["r_chosen"].to_numpy().reshape(shape)),
-        torch.as_tensor(df["r_rejected"].to_numpy().reshape(shape)),
+        torch.as_tensor(df["r_chosen"].to_numpy().reshape(shape).copy()),
+        torch.as_tensor(df["r_rejected"].to_numpy().reshape(shape).copy()),
         pair_id,
     )

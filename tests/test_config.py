@@ -129,8 +129,8 @@ def test_dataclass_defaults_agree_with_the_default_profile():
     # the dataclass defaults serve tests and notebooks; they must not drift from params.yaml
     import dataclasses
 
-    from study.config import SECTIONS
+    from study.config import SECTIONS, field_default
 
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
-            assert RAW["default"][section][f.name] == f.default, f"{section}.{f.name}"
+            assert RAW["default"][section][f.name] == field_default(f), f"{section}.{f.name}"
