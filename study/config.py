@@ -368,12 +368,15 @@ class RewardEvalConfig:
     diversity_sweep: list[str] = _f(
         [
             "resample=none",
-            "resample=bootstrap",
             "resample=poisson",
             "head_init_std=0.5",
             "freeze_encoder=true",
         ],
         "Options whose head diversity is measured, each one 'key=value' override of the reward section (multi-head and full ensemble, first seed).",
+    )
+    diversity_common: list[str] = _f(
+        ["epochs_ensemble=1"],
+        "Overrides applied to every option of the diversity sweep (default: ensemble members train 1 epoch like the multi-head model, so options compare at one encoder-epoch per head and the sweep stays affordable).",
     )
     cost_ks: list[int] = _f(
         [1, 2, 3, 5, 8], "Numbers of heads / members at which cost is measured."
@@ -388,7 +391,7 @@ class RewardEvalConfig:
 
     def __post_init__(self) -> None:
         _check(self.calibration_bins >= 2, "reward_eval.calibration_bins", "must be >= 2")
-        for opt in self.diversity_sweep:
+        for opt in [*self.diversity_sweep, *self.diversity_common]:
             key, sep, _ = opt.partition("=")
             _check(
                 bool(sep) and key in {f.name for f in dataclasses.fields(RewardConfig)},
@@ -425,7 +428,7 @@ class Params:
             "sampling.max_new_tokens",
             f"must be < sft.max_length ({self.sft.max_length}) to leave room for the prompt",
         )
-        for opt in self.reward_eval.diversity_sweep:
+        for opt in [*self.reward_eval.diversity_sweep, *self.reward_eval.diversity_common]:
             with_override(self.reward, opt, "reward_eval.diversity_sweep")
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,7 +4,8 @@ throughput and parameter count, measured side by side on the world's real prefer
 Each (family, K) point runs in a fresh Python process, so that one point's memory high-water mark
 and allocator state cannot leak into the next. On a CPU, peak memory is the rise of the process's
 peak resident set size (``ru_maxrss``) over its size before the model was built; on a GPU it is
-``torch.cuda.max_memory_allocated``. Training time per epoch is the median time of
+``torch.cuda.max_memory_allocated``: ``peak_train_mb`` over training alone (measured first),
+``peak_mb`` over training and scoring a batch of ``reward.eval_batch_size`` sequences. Training time per epoch is the median time of
 ``reward_eval.cost_steps`` optimiser steps (after 3 warm-up steps) times the steps in an epoch; for a
 full ensemble, whose members train one after the other, it is the sum over its K members.
 
@@ -117,22 +118,20 @@ def measure(family: str, k: int, params: Params, world_dir: str | Path) -> dict[
         for m in range(n_models)
     ]
     scorer = members[0] if family == "multihead" else EnsembleRewardModel(members)
-    # scoring first (its peak), then training (optimiser states and activations)
+    # training first: ru_maxrss only rises, so its peak is read before scoring can raise it
+    step_s = [_time_training(m, timed, train, params, tok.pad_token_id) for m in members]
+    train_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb() - rss0
     val_seqs = val.chosen + val.rejected
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
     score_s = _time_scoring(
         scorer, val_seqs, cfg.eval_batch_size, ev.cost_score_batches, tok.pad_token_id
     )
     score_loop_s = float("nan")
     if family == "ensemble":  # the Python loop that vmap replaces, for reference
-        looped = _LoopScorer(members)
+        looped = EnsembleRewardModel(members, vectorize=False)
         score_loop_s = _time_scoring(
             looped, val_seqs, cfg.eval_batch_size, ev.cost_score_batches, tok.pad_token_id
         )
-    score_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb() - rss0
-    step_s = [_time_training(m, timed, train, params, tok.pad_token_id) for m in members]
-    train_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb() - rss0
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb() - rss0
     epoch_s = sum(step_s) * len(epoch)
     epochs = cfg.epochs(family)
     return {
@@ -147,19 +146,11 @@ def measure(family: str, k: int, params: Params, world_dir: str | Path) -> dict[
         "score_batch_s": score_s,
         "score_seq_per_s": cfg.eval_batch_size / score_s,
         "score_loop_batch_s": score_loop_s,
-        "peak_score_mb": score_peak,
         "peak_train_mb": train_peak,
+        "peak_mb": peak,
         "device": "cuda" if cuda else "cpu",
         "threads": params.run.threads,
     }
-
-
-class _LoopScorer:
-    def __init__(self, members: Sequence[MultiHeadRewardModel]):
-        self.members = members
-
-    def rewards(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return torch.cat([m.rewards(ids, mask) for m in self.members], dim=0)
 
 
 def measure_all(

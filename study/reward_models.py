@@ -13,6 +13,7 @@ give the same rewards and a tokenizer whose pad token equals its EOS token is ha
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
@@ -101,14 +102,17 @@ AutoModelForSequenceClassification.register(RewardModelConfig, MultiHeadRewardMo
 
 
 class EnsembleRewardModel(nn.Module):
-    """K separate single-head reward models of one architecture, scored together by vmap.
+    """K separate single-head reward models of one architecture, scored as one model: (K, B).
 
-    The members' weights are stacked once (``torch.func.stack_module_state``) into tensors with a
-    leading K axis; scoring is one ``vmap`` over that axis, so the K forward passes run as batched
-    matrix products rather than a Python loop. Training happens member by member, before stacking.
+    With `vectorize` (the default) the members' weights are stacked once
+    (``torch.func.stack_module_state``) into tensors with a leading K axis and scoring is one
+    ``vmap`` over that axis: the K forward passes run as batched matrix products, not a Python
+    loop. Without it the members run one after the other, which `study.cost` measures beside the
+    vmap path (on a 2-core CPU the loop was measured faster; on a GPU batching is what pays).
+    Training happens member by member, before the ensemble is assembled.
     """
 
-    def __init__(self, members: Sequence[MultiHeadRewardModel]):
+    def __init__(self, members: Sequence[MultiHeadRewardModel], vectorize: bool = True):
         super().__init__()
         if not members:
             raise RewardModelError("an ensemble needs at least one member")
@@ -121,6 +125,10 @@ class EnsembleRewardModel(nn.Module):
                     f"ensemble member {i} has a different encoder architecture than member 0"
                 )
         self.config = copy.deepcopy(members[0].config)
+        self.vectorize = vectorize
+        if not vectorize:
+            self.members = nn.ModuleList([m.eval() for m in members])
+            return
         params, buffers = stack_module_state([m.eval() for m in members])
         self.stacked = nn.ParameterDict(
             {
@@ -129,17 +137,24 @@ class EnsembleRewardModel(nn.Module):
             }
         )
         self._buffers_stacked = {k: v.detach() for k, v in buffers.items()}
-        self._base = [copy.deepcopy(members[0]).to("meta")]  # a list: not a registered submodule
+        base = copy.deepcopy(members[0]).to("meta")
+        with contextlib.suppress(ValueError, AttributeError):  # SDPA has no vmap batching rule
+            base.set_attn_implementation("eager")
+        self._base = [base]  # a list: not a registered submodule
 
     @property
     def k(self) -> int:
+        if not self.vectorize:
+            return len(self.members)
         return next(iter(self.stacked.values())).shape[0]
 
     def _params(self) -> dict[str, torch.Tensor]:
         return {k.replace("/", "."): v for k, v in self.stacked.items()}
 
     def rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Rewards (K, B) of a batch of token ids (B, T), the K members in one vmapped call."""
+        """Rewards (K, B) of a batch of token ids (B, T)."""
+        if not self.vectorize:
+            return torch.cat([m.rewards(input_ids, attention_mask) for m in self.members], dim=0)
         base = self._base[0]
 
         def one(p: dict, b: dict, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -151,6 +166,8 @@ class EnsembleRewardModel(nn.Module):
 
     def member(self, i: int) -> MultiHeadRewardModel:
         """Member i as a stand-alone single-head model (a copy of its weights)."""
+        if not self.vectorize:
+            return copy.deepcopy(self.members[i])
         m = MultiHeadRewardModel(copy.deepcopy(self.config))
         state = {k: v[i].clone() for k, v in self._params().items()}
         state.update({k: v[i].clone() for k, v in self._buffers_stacked.items()})
@@ -220,8 +237,12 @@ def build_reward_model(
     return model
 
 
-def load_reward_model(path: str | Path, k: int | None = None) -> RewardModel:
-    """A saved multi-head model or ensemble; `k` (if given) must match its heads / members."""
+def load_reward_model(
+    path: str | Path, k: int | None = None, vectorize: bool = True
+) -> RewardModel:
+    """A saved multi-head model or ensemble; `k` (if given) must match its heads / members.
+
+    vectorize: score an ensemble's members with vmap (True) or one after the other (False)."""
     path = Path(path)
     if (path / ENSEMBLE_MANIFEST).is_file():
         manifest = json.loads((path / ENSEMBLE_MANIFEST).read_text())
@@ -229,7 +250,7 @@ def load_reward_model(path: str | Path, k: int | None = None) -> RewardModel:
             AutoModelForSequenceClassification.from_pretrained(path / name).eval()
             for name in manifest["members"]
         ]
-        model: RewardModel = EnsembleRewardModel(members)
+        model: RewardModel = EnsembleRewardModel(members, vectorize)
     elif (path / "config.json").is_file():
         model = AutoModelForSequenceClassification.from_pretrained(path).eval()
         if not isinstance(model, MultiHeadRewardModel):

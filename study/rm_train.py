@@ -317,12 +317,14 @@ def run_diversity_sweep(
     params: Params,
     world_dir: str | Path,
     options: Sequence[str],
+    common: Sequence[str] = (),
     families: Sequence[str] = ("multihead", "ensemble"),
     seed: int = 0,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Head diversity and accuracy of each 'key=value' option of the reward section, per family.
 
+    `common` overrides are applied first, to every option.
     One row per (option, family): the diversity measures of `study.rm_eval.head_diversity` on the
     validation pairs, the mean head accuracy and the min-aggregate accuracy against clean labels,
     and the training time. Models are not kept.
@@ -330,7 +332,9 @@ def run_diversity_sweep(
     torch.set_num_threads(params.run.threads)
     rows = []
     for option in options:
-        cfg = with_override(params.reward, option, "reward_eval.diversity_sweep")
+        cfg = params.reward
+        for override in [*common, option]:
+            cfg = with_override(cfg, override, "reward_eval.diversity_sweep")
         tokenizer = reward_tokenizer(cfg, world_dir)
         _, train = load_pairs(
             dataclasses.replace(params, reward=cfg), world_dir, "train", tokenizer

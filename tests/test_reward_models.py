@@ -124,8 +124,10 @@ def test_vmapped_ensemble_equals_a_loop_over_members(policy_dir, pairs):
     with torch.no_grad():
         looped = torch.cat([m.rewards(ids, mask) for m in members], dim=0)  # (K, B)
         vmapped = ensemble.rewards(ids, mask)
+        unvectorized = EnsembleRewardModel(members, vectorize=False).rewards(ids, mask)
     assert vmapped.shape == (4, 8)
     torch.testing.assert_close(vmapped, looped, atol=1e-5, rtol=1e-5)
+    assert torch.equal(unvectorized, looped)
     assert num_parameters(ensemble) == 4 * num_parameters(members[0])
 
 
