@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -222,13 +222,6 @@ def save_reward_model(
     (path / TRAINING_FILE).write_text(json.dumps(training, indent=2, default=str))
 
 
-def training_record(
-    family: str, cfg: RewardConfig, seed: int, base_seed: int, **extra: Any
-) -> dict[str, Any]:
-    """What a checkpoint carries about how it was made."""
-    return {"family": family, "seed": seed, "base_seed": base_seed, "reward": asdict(cfg), **extra}
-
-
 # ----------------------------------------------------------------------------------------- stage
 
 
@@ -302,9 +295,7 @@ def run_reward_stage(
     }
     prov = provenance(params)
     with atomic_path(model_dir) as tmp:
-        save_reward_model(
-            model, tokenizer, tmp, training_record(family, cfg, seed, params.run.seed, **info)
-        )
+        save_reward_model(model, tokenizer, tmp, {**info, **prov})
     results = Path(results_dir)
     write_table(results / "history.parquet", history.assign(family=family, seed=seed), prov)
     frame = rewards_frame(r_chosen, r_rejected, val_df["pair_id"].to_numpy())
