@@ -7,7 +7,10 @@ peak resident set size (``ru_maxrss``) over its size before the model was built;
 ``torch.cuda.max_memory_allocated``: ``peak_train_mb`` over training alone (measured first),
 ``peak_mb`` over training and scoring a batch of ``reward.eval_batch_size`` sequences. Training time per epoch is the median time of
 ``reward_eval.cost_steps`` optimiser steps (after 3 warm-up steps) times the steps in an epoch; for a
-full ensemble, whose members train one after the other, it is the sum over its K members.
+full ensemble, whose members train one after the other, a step is the sum over its K members. The
+ratios to a single model (``train_x``, ``score_x``) are measured *paired* inside each process: a
+reference single model steps on the same batch just before the point's models, so the drift between
+processes (about ±20% here) cancels.
 
     python -m study.cost --family multihead --k 5        # one point, printed as JSON
 """
@@ -56,51 +59,51 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _time_training(
-    model: MultiHeadRewardModel, batches: list, pairs: Any, params: Params, pad_id: int
-) -> float:
-    """Median seconds of one optimiser step over the given batches (after warm-up)."""
-    cfg = params.reward
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model.train()
-    times = []
-    for i, idx in enumerate(batches):
-        seqs = [pairs.chosen[j] for j in idx] + [pairs.rejected[j] for j in idx]
+class _Trainer:
+    """One model's optimiser step on a batch of pair indices, timed."""
+
+    def __init__(self, model: MultiHeadRewardModel, pairs: Any, params: Params, pad_id: int):
+        self.model, self.pairs, self.cfg, self.pad_id = model, pairs, params.reward, pad_id
+        self.opt = torch.optim.AdamW(
+            model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+        )
+        model.train()
+
+    def step(self, idx: Sequence[int]) -> float:
+        seqs = [self.pairs.chosen[j] for j in idx] + [self.pairs.rejected[j] for j in idx]
         t0 = time.perf_counter()
-        ids, mask = right_pad(seqs, pad_id)
-        r_chosen, r_rejected = model.rewards(ids, mask).chunk(2, dim=1)
+        ids, mask = right_pad(seqs, self.pad_id)
+        r_chosen, r_rejected = self.model.rewards(ids, mask).chunk(2, dim=1)
         loss = bt_loss(r_chosen, r_rejected)
-        opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        if i >= WARMUP_STEPS:
-            times.append(time.perf_counter() - t0)
-    model.eval()
-    return statistics.median(times)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        return time.perf_counter() - t0
 
 
 @torch.no_grad()
-def _time_scoring(model: Any, seqs: list, batch_size: int, n_batches: int, pad_id: int) -> float:
-    """Median seconds to score one batch of `batch_size` sequences (after one warm-up batch)."""
-    times = []
-    for b in range(n_batches + 1):
-        chunk = [seqs[(b * batch_size + i) % len(seqs)] for i in range(batch_size)]
-        t0 = time.perf_counter()
-        model.rewards(*right_pad(chunk, pad_id))
-        if b > 0:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _score_time(model: Any, seqs: list, pad_id: int) -> float:
+    t0 = time.perf_counter()
+    model.rewards(*right_pad(seqs, pad_id))
+    return time.perf_counter() - t0
 
 
 def measure(family: str, k: int, params: Params, world_dir: str | Path) -> dict[str, Any]:
-    """Cost of one (family, K) point in this process (see the module docstring)."""
+    """Cost of one (family, K) point in this process (see the module docstring).
+
+    Memory is read first, with only the point's models alive. Times are then taken *paired*: a
+    single reference model (K = 1) built in the same process steps on the same batch just before
+    the point's models, so `train_x` and `score_x` (point / single) cancel the drift between
+    processes that absolute times carry.
+    """
     if family not in COST_FAMILIES:
         raise ValueError(f"family: {family!r} (cost is measured for {', '.join(COST_FAMILIES)})")
     torch.set_num_threads(params.run.threads)
     cfg, ev = params.reward, params.reward_eval
     cuda = torch.cuda.is_available()
     tok = reward_tokenizer(cfg, world_dir)
+    pad = tok.pad_token_id
     _, train = load_pairs(params, world_dir, "train", tok)
     _, val = load_pairs(params, world_dir, "val", tok)
     lengths = np.array(
@@ -109,43 +112,92 @@ def measure(family: str, k: int, params: Params, world_dir: str | Path) -> dict[
     epoch = length_grouped_batches(
         lengths, cfg.batch_size, np.random.default_rng(0), drop_last=False
     )
-    timed = epoch[: WARMUP_STEPS + ev.cost_steps]  # the same batches for every point
+    timed = epoch[WARMUP_STEPS : WARMUP_STEPS + ev.cost_steps]  # the same batches for every point
+    val_seqs = val.chosen + val.rejected
+    score_batches = [
+        [
+            val_seqs[(b * cfg.eval_batch_size + i) % len(val_seqs)]
+            for i in range(cfg.eval_batch_size)
+        ]
+        for b in range(ev.cost_score_batches + 1)
+    ]
     policy_dir = Path(world_dir) / "policy"
+
+    def build(heads: int, m: int) -> MultiHeadRewardModel:
+        return build_reward_model(
+            cfg.encoder, policy_dir, heads, member_seed(0, 0, m), cfg.head_init_std
+        )
+
+    # 1. memory, with only this point's models alive (ru_maxrss only rises: training first)
     rss0 = _rss_mb()
     n_models, heads = (1, k) if family == "multihead" else (k, 1)
-    members = [
-        build_reward_model(cfg.encoder, policy_dir, heads, member_seed(0, 0, m), cfg.head_init_std)
-        for m in range(n_models)
-    ]
-    scorer = members[0] if family == "multihead" else EnsembleRewardModel(members)
-    # training first: ru_maxrss only rises, so its peak is read before scoring can raise it
-    step_s = [_time_training(m, timed, train, params, tok.pad_token_id) for m in members]
+    members = [build(heads, m) for m in range(n_models)]
+    trainers = [_Trainer(m, train, params, pad) for m in members]
+    for idx in epoch[:WARMUP_STEPS]:
+        for t in trainers:
+            t.step(idx)
     train_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb() - rss0
-    val_seqs = val.chosen + val.rejected
-    score_s = _time_scoring(
-        scorer, val_seqs, cfg.eval_batch_size, ev.cost_score_batches, tok.pad_token_id
-    )
-    score_loop_s = float("nan")
-    if family == "ensemble":  # the Python loop that vmap replaces, for reference
-        looped = EnsembleRewardModel(members, vectorize=False)
-        score_loop_s = _time_scoring(
-            looped, val_seqs, cfg.eval_batch_size, ev.cost_score_batches, tok.pad_token_id
-        )
+    scorer = members[0] if family == "multihead" else EnsembleRewardModel(members, vectorize=True)
+    looped = EnsembleRewardModel(members, vectorize=False) if family == "ensemble" else None
+    for m in members:
+        m.eval()
+    _score_time(scorer, score_batches[0], pad)
+    if looped is not None:
+        _score_time(looped, score_batches[0], pad)
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb() - rss0
-    epoch_s = sum(step_s) * len(epoch)
+
+    # 2. training time, paired with a single reference model on the same batches
+    ref = _Trainer(build(1, 99), train, params, pad)
+    for idx in epoch[:WARMUP_STEPS]:
+        ref.step(idx)
+    for m in members:
+        m.train()
+    ref_s, point_s = [], []
+    for idx in timed:
+        ref_s.append(ref.step(idx))
+        point_s.append(sum(t.step(idx) for t in trainers))  # an ensemble trains member by member
+    # 3. scoring time, paired the same way (first batch: warm-up)
+    ref.model.eval()
+    for m in members:
+        m.eval()
+    ref_sc, vmap_sc, loop_sc = [], [], []
+    for b, seqs in enumerate(score_batches):
+        times = (
+            _score_time(ref.model, seqs, pad),
+            _score_time(scorer, seqs, pad),
+            _score_time(looped, seqs, pad) if looped is not None else float("nan"),
+        )
+        if b > 0:
+            for acc, t in zip((ref_sc, vmap_sc, loop_sc), times, strict=True):
+                acc.append(t)
+    med = statistics.median
+    step_s = med(point_s)
     epochs = cfg.epochs(family)
+    score_vmap_s = med(vmap_sc)
+    score_loop_s = med(loop_sc) if looped is not None else float("nan")
+    # the headline scoring time: the path reward.ensemble_scoring selects on this device
+    loop = looped is not None and not cfg.vectorize_ensemble(cuda)
+    score_s = score_loop_s if loop else score_vmap_s
     return {
         "family": family,
         "k": k,
         "parameters": num_parameters(scorer),
-        "train_step_s": sum(step_s),
+        "train_step_s": step_s,
         "steps_per_epoch": len(epoch),
-        "train_epoch_s": epoch_s,
+        "train_epoch_s": step_s * len(epoch),
         "epochs": epochs,
-        "train_total_s": epoch_s * epochs,
+        "train_total_s": step_s * len(epoch) * epochs,
+        "train_x": step_s / med(ref_s),
+        "score_mode": "loop" if loop else ("vmap" if looped is not None else "single model"),
         "score_batch_s": score_s,
         "score_seq_per_s": cfg.eval_batch_size / score_s,
+        "score_x": score_s / med(ref_sc),
+        "score_vmap_batch_s": score_vmap_s if looped is not None else float("nan"),
+        "score_vmap_x": score_vmap_s / med(ref_sc) if looped is not None else float("nan"),
         "score_loop_batch_s": score_loop_s,
+        "score_loop_x": score_loop_s / med(ref_sc),
+        "ref_train_step_s": med(ref_s),
+        "ref_score_batch_s": med(ref_sc),
         "peak_train_mb": train_peak,
         "peak_mb": peak,
         "device": "cuda" if cuda else "cpu",
@@ -195,6 +247,12 @@ def relative_to_single(cost: pd.DataFrame) -> pd.DataFrame:
     out = cost[["family", "k"]].copy()
     for col in ("train_epoch_s", "train_total_s", "score_batch_s", "peak_train_mb", "parameters"):
         out[f"{col}_x"] = cost[col] / base[col]
+    if "train_x" in cost:  # paired, in-process ratios: the ones to quote
+        out["train_epoch_paired_x"] = cost["train_x"]
+        out["train_total_paired_x"] = cost["train_x"] * cost["epochs"] / base["epochs"]
+        out["score_paired_x"] = cost["score_x"]
+        out["score_vmap_paired_x"] = cost["score_vmap_x"]
+        out["score_loop_paired_x"] = cost["score_loop_x"]
     out["extra_parameters"] = cost["parameters"] - base["parameters"]
     return out
 

@@ -204,7 +204,10 @@ def train_family(
         hist = train_reward_model(model, pairs, cfg, epochs, s, pad_id, progress, max_steps)
         histories.append(hist.assign(member=m))
         members.append(model)
-    model = EnsembleRewardModel(members) if family == "ensemble" else members[0]
+    if family == "ensemble":
+        model = EnsembleRewardModel(members, cfg.vectorize_ensemble(torch.cuda.is_available()))
+    else:
+        model = members[0]
     return model, pd.concat(histories, ignore_index=True)
 
 

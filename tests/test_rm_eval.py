@@ -144,12 +144,18 @@ def test_cost_relative_to_single_by_hand():
             "score_batch_s": [1.0, 1.02, 5.0],
             "peak_train_mb": [100.0, 101.0, 400.0],
             "parameters": [1000, 1000 + 4 * 33, 5000],
+            "epochs": [1, 1, 3],
+            "train_x": [1.0, 1.02, 5.1],
+            "score_x": [1.0, 1.01, 3.0],
+            "score_vmap_x": [float("nan"), float("nan"), 9.0],
+            "score_loop_x": [float("nan"), float("nan"), 3.0],
         }
     )
     rel = relative_to_single(cost).set_index(["family", "k"])
     assert rel.loc[("multihead", 5), "train_epoch_s_x"] == pytest.approx(1.05)
     assert rel.loc[("ensemble", 5), "train_total_s_x"] == pytest.approx(15.0)
     assert rel.loc[("multihead", 5), "extra_parameters"] == 4 * 33
+    assert rel.loc[("ensemble", 5), "train_total_paired_x"] == pytest.approx(15.3)  # 5.1 x 3 epochs
     with pytest.raises(ValueError, match="single"):
         relative_to_single(cost[cost["k"] == 5])
 
