@@ -1,0 +1,54 @@
+"""PPO's forward helpers: log-probabilities of sampled tokens under padding, values per token."""
+
+from __future__ import annotations
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+
+from study.generation import left_pad
+from study.ppo_train import ValueModel, policy_forward, response_values
+
+
+def _tiny(seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=20, n_positions=32, n_embd=16, n_layer=1, n_head=2, pad_token_id=0)
+    return GPT2LMHeadModel(cfg).eval(), GPT2Model(cfg)
+
+
+def test_policy_logprobs_match_an_unpadded_forward():
+    model, _ = _tiny()
+    queries = [[3, 4, 5], [6, 7]]
+    responses = [[8, 9, 1], [10, 1, 0]]  # the second response ends after 2 tokens
+    r_mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    q_ids, q_mask = left_pad(queries, 0)
+    with torch.no_grad():
+        out = policy_forward(
+            model, q_ids, q_mask, torch.tensor(responses), r_mask, with_entropy=True
+        )
+        for b, (q, r) in enumerate(zip(queries, responses, strict=True)):
+            n = int(r_mask[b].sum())
+            ids = torch.tensor([q + r[:n]])
+            logp = model(input_ids=ids).logits[0, len(q) - 1 : -1].log_softmax(-1)
+            expected = logp.gather(1, torch.tensor(r[:n]).unsqueeze(1)).squeeze(1)
+            torch.testing.assert_close(out.logprobs[b, :n], expected, atol=1e-5, rtol=1e-5)
+    assert out.entropy.shape == (2, 3) and (out.entropy > 0).all()
+
+
+def test_temperature_scales_the_logits():
+    model, _ = _tiny()
+    q_ids, q_mask = left_pad([[3, 4]], 0)
+    r = torch.tensor([[5, 6]])
+    m = torch.ones_like(r)
+    with torch.no_grad():
+        hot = policy_forward(model, q_ids, q_mask, r, m, temperature=2.0).logprobs
+        logits = model(input_ids=torch.tensor([[3, 4, 5, 6]])).logits[0, 1:3] / 2.0
+    torch.testing.assert_close(hot[0], logits.log_softmax(-1).gather(1, r.T).squeeze(1))
+
+
+def test_value_model_starts_at_zero_and_reads_every_response_position():
+    _, backbone = _tiny()
+    critic = ValueModel(backbone)
+    q_ids, q_mask = left_pad([[3, 4, 5], [6]], 0)
+    r = torch.tensor([[7, 8], [9, 1]])
+    v = response_values(critic, q_ids, q_mask, r, torch.ones_like(r))
+    assert v.shape == (2, 2) and torch.equal(v, torch.zeros(2, 2))
