@@ -19,14 +19,28 @@ Rollout of one step, narrated as in the code:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 from transformers import AutoModel, PreTrainedModel
 
-from study.ppo import entropy_from_logits, logprobs_from_logits
+from study.aggregate import aggregate
+from study.generation import Samples
+from study.ppo import (
+    entropy_from_logits,
+    gae,
+    kl_per_token,
+    logprobs_from_logits,
+    masked_mean,
+    ppo_policy_loss,
+    shaped_rewards,
+    value_loss,
+    whiten,
+)
 
 
 class ValueModel(nn.Module):
@@ -98,3 +112,160 @@ def response_values(
 
 RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(ids (B, L), mask (B, L)) -> rewards (K, B) of query + response."""
+
+
+class HeadNormaliser:
+    """Per-head affine normalisation of proxy rewards (K, B): z-scores on reference samples."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        self.mean, self.std = mean, std  # (K,)
+
+    @classmethod
+    def identity(cls, k: int) -> HeadNormaliser:
+        return cls(torch.zeros(k), torch.ones(k))
+
+    @classmethod
+    def fit(cls, rewards: torch.Tensor) -> HeadNormaliser:
+        """From rewards (K, N) of reference (SFT) samples: each head to mean 0, std 1 on them."""
+        return cls(rewards.mean(1), rewards.std(1).clamp_min(1e-6))
+
+    def __call__(self, rewards: torch.Tensor) -> torch.Tensor:
+        return (rewards - self.mean[:, None]) / self.std[:, None]
+
+
+@dataclass
+class Rollout:
+    """One batch of experience; per-token tensors are (B, T) over response positions."""
+
+    query_ids: torch.Tensor
+    query_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    head_rewards: torch.Tensor  # (K, B), normalised
+    scores: torch.Tensor  # (B,), aggregated
+    rewards: torch.Tensor  # (B, T), KL-shaped
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    entropy: torch.Tensor
+    texts: list[str]
+    finished: Any
+
+
+def trim_responses(samples: Samples) -> Samples:
+    """Drop response columns that are padding in every row (generation pads to max_new_tokens)."""
+    width = max(1, int(samples.response_mask.sum(1).max()))
+    return dataclasses.replace(
+        samples,
+        response_ids=samples.response_ids[:, :width],
+        response_mask=samples.response_mask[:, :width],
+    )
+
+
+@torch.no_grad()
+def make_rollout(
+    policy: PreTrainedModel,
+    ref: PreTrainedModel,
+    critic: ValueModel,
+    reward_fn: RewardFn,
+    normaliser: HeadNormaliser,
+    samples: Samples,
+    method: str,
+    uwo_lambda: float,
+    kl_coef: float,
+    gamma: float,
+    lam: float,
+    temperature: float,
+) -> Rollout:
+    """Steps 3-6 of a PPO step on sampled responses: score, log-probs, values, shaping, GAE."""
+    s = trim_responses(samples)
+    q_ids, q_mask, r_ids, r_mask = s.query_ids, s.query_mask, s.response_ids, s.response_mask
+    # 3. score query + response with every head, normalise per head, aggregate
+    ids, mask = torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1)
+    head_rewards = normaliser(reward_fn(ids, mask))  # (K, B)
+    scores = aggregate(head_rewards, method, uwo_lambda)  # (B,)
+    # 4. per-token log-probabilities of policy and reference, and values
+    out = policy_forward(policy, q_ids, q_mask, r_ids, r_mask, temperature, with_entropy=True)
+    ref_logprobs = policy_forward(ref, q_ids, q_mask, r_ids, r_mask, temperature).logprobs
+    values = response_values(critic, q_ids, q_mask, r_ids, r_mask)
+    maskf = r_mask.float()
+    logprobs, ref_logprobs, values = out.logprobs * maskf, ref_logprobs * maskf, values * maskf
+    # 5. KL-shaped per-token rewards
+    rewards = shaped_rewards(scores, kl_per_token(logprobs, ref_logprobs), maskf, kl_coef)
+    # 6. advantages
+    advantages, returns = gae(rewards, values, maskf, gamma, lam)
+    return Rollout(
+        q_ids, q_mask, r_ids, r_mask, logprobs, ref_logprobs, values, head_rewards, scores,
+        rewards, advantages, returns, out.entropy * maskf, s.texts, s.finished,
+    )  # fmt: skip
+
+
+def ppo_update(
+    policy: PreTrainedModel,
+    critic: ValueModel,
+    opt_policy: torch.optim.Optimizer,
+    opt_value: torch.optim.Optimizer,
+    ro: Rollout,
+    ppo_epochs: int,
+    minibatches: int,
+    cliprange: float,
+    cliprange_value: float,
+    vf_coef: float,
+    grad_clip: float,
+    whiten_advantages: bool,
+    temperature: float,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """Step 7: PPO epochs over shuffled minibatches; returns the mean losses and clip fractions."""
+    b = ro.response_ids.shape[0]
+    size = b // minibatches
+    stats: dict[str, list[float]] = {
+        k: [] for k in ("pg_loss", "vf_loss", "pg_clipfrac", "vf_clipfrac", "approx_kl")
+    }
+    policy.train()
+    critic.train()
+    for _ in range(ppo_epochs):
+        order = torch.randperm(b, generator=generator)
+        for m in range(minibatches):
+            idx = order[m * size : (m + 1) * size]
+            mask = ro.response_mask[idx].float()
+            adv = ro.advantages[idx]
+            if whiten_advantages:
+                adv = whiten(adv, mask)
+            new = policy_forward(
+                policy, ro.query_ids[idx], ro.query_mask[idx], ro.response_ids[idx],
+                ro.response_mask[idx], temperature,
+            )  # fmt: skip
+            pg_loss, pg_clipfrac = ppo_policy_loss(
+                new.logprobs, ro.logprobs[idx], adv, mask, cliprange
+            )
+            values = response_values(
+                critic,
+                ro.query_ids[idx],
+                ro.query_mask[idx],
+                ro.response_ids[idx],
+                ro.response_mask[idx],
+            )
+            vf_loss, vf_clipfrac = value_loss(
+                values, ro.values[idx], ro.returns[idx], mask, cliprange_value
+            )
+            for name, loss in (("pg_loss", pg_loss), ("vf_loss", vf_loss)):
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"PPO: {name} is {loss.item()}")
+            opt_policy.zero_grad(set_to_none=True)
+            opt_value.zero_grad(set_to_none=True)
+            (pg_loss + vf_coef * vf_loss).backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
+            torch.nn.utils.clip_grad_norm_(critic.parameters(), grad_clip)
+            opt_policy.step()
+            opt_value.step()
+            with torch.no_grad():
+                approx_kl = masked_mean(0.5 * (new.logprobs - ro.logprobs[idx]) ** 2, mask)
+            for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("pg_clipfrac", pg_clipfrac),
+                         ("vf_clipfrac", vf_clipfrac), ("approx_kl", approx_kl)):  # fmt: skip
+                stats[k].append(float(v))
+    policy.eval()
+    critic.eval()
+    return {k: sum(v) / len(v) for k, v in stats.items()}
