@@ -24,9 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
 from study.aggregate import aggregate
 from study.generation import Samples
@@ -41,6 +42,8 @@ from study.ppo import (
     value_loss,
     whiten,
 )
+from study.reward_models import Scorer, score_ids
+from study.world.gold import GoldReward
 
 
 class ValueModel(nn.Module):
@@ -110,8 +113,19 @@ def response_values(
     return critic(ids, mask)[:, query_ids.shape[1] - 1 : -1]
 
 
-RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""(ids (B, L), mask (B, L)) -> rewards (K, B) of query + response."""
+@dataclass
+class Scored:
+    """What a reward function may read of a batch: token ids of query + response and the texts."""
+
+    ids: torch.Tensor  # (B, L) left-padded query, then the response, then padding
+    mask: torch.Tensor  # (B, L)
+    prompts: list[str]
+    texts: list[str]
+    finished: Any  # (B,) bool
+
+
+RewardFn = Callable[[Scored], torch.Tensor]
+"""A batch -> rewards (K, B) (K = 1 for a single model or the gold control)."""
 
 
 class HeadNormaliser:
@@ -172,6 +186,7 @@ def make_rollout(
     reward_fn: RewardFn,
     normaliser: HeadNormaliser,
     samples: Samples,
+    prompts: list[str],
     method: str,
     uwo_lambda: float,
     kl_coef: float,
@@ -184,7 +199,7 @@ def make_rollout(
     q_ids, q_mask, r_ids, r_mask = s.query_ids, s.query_mask, s.response_ids, s.response_mask
     # 3. score query + response with every head, normalise per head, aggregate
     ids, mask = torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1)
-    head_rewards = normaliser(reward_fn(ids, mask))  # (K, B)
+    head_rewards = normaliser(reward_fn(Scored(ids, mask, prompts, s.texts, s.finished)))  # (K, B)
     scores = aggregate(head_rewards, method, uwo_lambda)  # (B,)
     # 4. per-token log-probabilities of policy and reference, and values
     out = policy_forward(policy, q_ids, q_mask, r_ids, r_mask, temperature, with_entropy=True)
@@ -269,3 +284,53 @@ def ppo_update(
     policy.eval()
     critic.eval()
     return {k: sum(v) / len(v) for k, v in stats.items()}
+
+
+# ---------------------------------------------------------------------------------------- driver
+
+
+def variant_spec(variant: str) -> tuple[str, str]:
+    """(reward source, aggregation) of a variant: 'multihead_min' -> ('multihead', 'min')."""
+    if variant == "single":
+        return "single", "mean"
+    if variant == "gold":
+        return "gold", "mean"
+    family, _, method = variant.partition("_")
+    if family not in ("multihead", "ensemble") or method not in ("min", "mean", "max", "uwo"):
+        raise ValueError(
+            f"variant {variant!r}: expected single, gold or <multihead|ensemble>_<min|mean|max|uwo>"
+        )
+    return family, method
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def proxy_reward_fn(
+    rm: Scorer,
+    rm_tokenizer: PreTrainedTokenizerBase,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+) -> RewardFn:
+    """Rewards (K, B) of policy token ids under a reward model; re-tokenised only when the reward
+    model reads with another vocabulary than the policy."""
+    if rm_tokenizer.get_vocab() == tokenizer.get_vocab():
+        return lambda b: rm.rewards(b.ids, b.mask)
+
+    def retokenised(b: Scored) -> torch.Tensor:
+        texts = [
+            tokenizer.decode(i[m.bool()].tolist(), skip_special_tokens=False)
+            for i, m in zip(b.ids, b.mask, strict=True)
+        ]
+        seqs = [rm_tokenizer(t, add_special_tokens=False)["input_ids"][:max_length] for t in texts]
+        return score_ids(rm, seqs, rm_tokenizer.pad_token_id, batch_size=len(seqs))
+
+    return retokenised
+
+
+def gold_reward_fn(gold: GoldReward) -> RewardFn:
+    """The gold reward itself as a one-head reward (the control that shows a fall is the proxy's)."""
+    return lambda b: torch.as_tensor(
+        gold.score(b.prompts, b.texts, b.finished).total, dtype=torch.float32
+    )[None]

@@ -67,8 +67,8 @@ def test_a_toy_ppo_run_keeps_losses_finite_and_changes_the_weights(tokenizer):
     critic = ValueModel(copy.deepcopy(policy.transformer))
     target = tokenizer.convert_tokens_to_ids("the")
 
-    def reward_fn(ids, mask):  # three "heads": counts of one token, scaled differently
-        count = ((ids == target) & mask.bool()).sum(1).float()
+    def reward_fn(b):  # three "heads": counts of one token, scaled differently
+        count = ((b.ids == target) & b.mask.bool()).sum(1).float()
         return torch.stack([count, 0.5 * count, count - 1.0])
 
     opt_p = torch.optim.Adam(policy.parameters(), lr=1e-3)
@@ -81,7 +81,7 @@ def test_a_toy_ppo_run_keeps_losses_finite_and_changes_the_weights(tokenizer):
             policy, tokenizer, queries, SamplingConfig(max_new_tokens=12, batch_size=16), seed=step
         )
         ro = make_rollout(
-            policy, ref, critic, reward_fn, HeadNormaliser.identity(3), s, "min", 0.5,
+            policy, ref, critic, reward_fn, HeadNormaliser.identity(3), s, [""] * 16, "min", 0.5,
             kl_coef=0.05, gamma=1.0, lam=0.95, temperature=1.0,
         )  # fmt: skip
         assert ro.head_rewards.shape == (3, 16) and ro.advantages.shape == ro.response_mask.shape
