@@ -20,20 +20,30 @@ Rollout of one step, narrated as in the code:
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
-from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
+from tqdm import tqdm
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from study.aggregate import aggregate
-from study.generation import Samples
+from study.config import Params, SamplingConfig
+from study.generation import Samples, format_queries, sample
+from study.hub import load_tokenizer
+from study.io import atomic_path, read_table, require
+from study.optim import warmup_cosine
 from study.ppo import (
+    AdaptiveKLController,
     entropy_from_logits,
     gae,
+    kl_k3,
     kl_per_token,
     logprobs_from_logits,
     masked_mean,
@@ -42,8 +52,9 @@ from study.ppo import (
     value_loss,
     whiten,
 )
-from study.reward_models import Scorer, score_ids
-from study.world.gold import GoldReward
+from study.reward_models import Scorer, load_reward_model, score_ids
+from study.world.build import make_gold
+from study.world.gold import GoldReward, GoldScores
 
 
 class ValueModel(nn.Module):
@@ -334,3 +345,257 @@ def gold_reward_fn(gold: GoldReward) -> RewardFn:
     return lambda b: torch.as_tensor(
         gold.score(b.prompts, b.texts, b.finished).total, dtype=torch.float32
     )[None]
+
+
+LOG_KEYS = ("variant", "seed", "step", "kl", "proxy", "gold")
+
+
+def _sft_normaliser(
+    reward_fn: RewardFn, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str], template: str, sampling: SamplingConfig, n: int, seed: int, normalise: str,
+) -> HeadNormaliser:  # fmt: skip
+    """Per-head z-scores on `n` SFT samples of the RL prompts (or the identity)."""
+    rng = np.random.default_rng(seed)
+    batch = [prompts[i] for i in rng.integers(len(prompts), size=n)]
+    s = trim_responses(sample(policy, tokenizer, format_queries(batch, template), sampling, seed))
+    ids = torch.cat([s.query_ids, s.response_ids], 1)
+    mask = torch.cat([s.query_mask, s.response_mask], 1)
+    with torch.no_grad():
+        raw = reward_fn(Scored(ids, mask, batch, s.texts, s.finished))
+    if normalise == "none":
+        return HeadNormaliser.identity(raw.shape[0])
+    return HeadNormaliser.fit(raw)
+
+
+def _check_finite(step: int, **values: float) -> None:
+    for name, v in values.items():
+        if not np.isfinite(v):
+            raise FloatingPointError(
+                f"PPO step {step}: {name} is {v}; the last good checkpoint is kept"
+            )
+
+
+def _log_row(
+    variant: str, seed: int, step: int, ro: Rollout, gold: GoldScores, prompts: list[str]
+) -> dict[str, Any]:
+    """The per-step row: KL (k1 and k3, summed over response tokens, mean over the batch), proxy,
+    each head, their spread, gold and its components, length, entropy."""
+    mask = ro.response_mask.float()
+    kl_seq = ((ro.logprobs - ro.ref_logprobs) * mask).sum(1)
+    k3_seq = (kl_k3(ro.logprobs, ro.ref_logprobs) * mask).sum(1)
+    row: dict[str, Any] = {
+        "variant": variant,
+        "seed": seed,
+        "step": step,
+        "kl": kl_seq.mean().item(),
+        "kl_k3": k3_seq.mean().item(),
+        "proxy": ro.scores.mean().item(),
+        "head_std": ro.head_rewards.std(0, unbiased=False).mean().item()
+        if ro.head_rewards.shape[0] > 1
+        else 0.0,
+        "gold": float(gold.total.mean()),
+        "response_length": mask.sum(1).mean().item(),
+        "finished": float(np.mean(ro.finished)),
+        "entropy": masked_mean(ro.entropy, mask).item(),
+    }
+    for h in range(ro.head_rewards.shape[0]):
+        row[f"proxy_head{h}"] = ro.head_rewards[h].mean().item()
+    for name, v in gold.contributions.items():
+        row[f"gold_{name}"] = float(v.mean())
+    return row
+
+
+@torch.no_grad()
+def evaluate_policy(
+    policy: PreTrainedModel, ref: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+    reward_fn: RewardFn, normaliser: HeadNormaliser, gold: GoldReward, prompts: list[str],
+    template: str, sampling: SamplingConfig, method: str, uwo_lambda: float, seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Gold, proxy and KL of the policy on held-out prompts (one sample each, fixed seed)."""
+    s = trim_responses(sample(policy, tokenizer, format_queries(prompts, template), sampling, seed))
+    ids = torch.cat([s.query_ids, s.response_ids], 1)
+    mask = torch.cat([s.query_mask, s.response_mask], 1)
+    heads = normaliser(reward_fn(Scored(ids, mask, prompts, s.texts, s.finished)))
+    t = sampling.temperature
+    lp = policy_forward(
+        policy, s.query_ids, s.query_mask, s.response_ids, s.response_mask, t
+    ).logprobs
+    ref_lp = policy_forward(
+        ref, s.query_ids, s.query_mask, s.response_ids, s.response_mask, t
+    ).logprobs
+    rmask = s.response_mask.float()
+    g = gold.score(prompts, s.texts, s.finished)
+    row = {
+        "kl": ((lp - ref_lp) * rmask).sum(1).mean().item(),
+        "kl_k3": (kl_k3(lp, ref_lp) * rmask).sum(1).mean().item(),
+        "proxy": aggregate(heads, method, uwo_lambda).mean().item(),
+        "head_std": heads.std(0, unbiased=False).mean().item() if heads.shape[0] > 1 else 0.0,
+        "gold": float(g.total.mean()),
+        "response_length": rmask.sum(1).mean().item(),
+    }
+    row.update({f"gold_{k}": float(v.mean()) for k, v in g.contributions.items()})
+    return row
+
+
+def train_ppo(
+    params: Params,
+    variant: str,
+    seed: int,
+    world_dir: str | Path,
+    rm_root: str | Path,
+    run_dir: str | Path,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """PPO of the SFT policy against `variant`'s reward; returns (per-step log, held-out evals).
+
+    Resumes from `run_dir/checkpoint.pt` when one exists; `stop_after` ends the run after that
+    many steps of this call (a stand-in for a killed run, in tests). Every random draw is seeded by
+    (seed, step), so a resumed run ends with the same tables as an uninterrupted one.
+    """
+    cfg = params.ppo
+    torch.set_num_threads(params.run.threads)
+    family, method = variant_spec(variant)
+    world = Path(world_dir)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(str(world / "policy"), "world policy")
+    policy = AutoModelForCausalLM.from_pretrained(world / "policy").eval()
+    ref = AutoModelForCausalLM.from_pretrained(world / "policy").eval().requires_grad_(False)
+    critic = ValueModel.from_pretrained(str(world / "policy")).eval()
+    gold = make_gold(params)
+    if family == "gold":
+        reward_fn = gold_reward_fn(gold)
+    else:
+        rm_dir = Path(rm_root) / family / f"seed{seed}"
+        rm = load_reward_model(
+            require(rm_dir, f"stage rm@{family}-{seed}"),
+            vectorize=params.reward.vectorize_ensemble(torch.cuda.is_available()),
+        ).requires_grad_(False)
+        rm_tok = load_tokenizer(
+            str(rm_dir / "member_00" if (rm_dir / "member_00").exists() else rm_dir), "reward model"
+        )
+        reward_fn = proxy_reward_fn(rm, rm_tok, tokenizer, params.reward.max_length)
+    prompts = read_table(world / "prompts.parquet", "the world stage")
+    rl = prompts.loc[prompts["split"] == "rl", "prompt"].tolist()
+    held_out = prompts.loc[prompts["split"] == "eval", "prompt"].tolist()
+    template, sampling = params.sources.prompt_template, params.sampling
+    opt_p = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+    opt_v = torch.optim.Adam(critic.parameters(), lr=cfg.value_lr, eps=1e-5)
+    kl_ctl = (
+        AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+        if cfg.adaptive_kl
+        else None
+    )
+    rows: list[dict] = []
+    evals: list[dict] = []
+    start = 0
+    ckpt = run_dir / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        policy.load_state_dict(state["policy"])
+        critic.load_state_dict(state["critic"])
+        opt_p.load_state_dict(state["opt_policy"])
+        opt_v.load_state_dict(state["opt_value"])
+        if kl_ctl is not None:
+            kl_ctl.load_state_dict(state["kl_ctl"])
+        normaliser = HeadNormaliser(state["norm_mean"], state["norm_std"])
+        rows, evals, start = state["rows"], state["evals"], state["step"] + 1
+    else:
+        normaliser = _sft_normaliser(
+            reward_fn, ref, tokenizer, rl, template, sampling, cfg.n_norm_samples,
+            _seed(params.run.seed, seed, 1), cfg.normalise,
+        )  # fmt: skip
+
+    def evaluate(step: int) -> None:
+        row = evaluate_policy(
+            policy, ref, tokenizer, reward_fn, normaliser, gold, held_out, template, sampling,
+            method, params.reward.uwo_lambda, _seed(params.run.seed, seed, 4),
+        )  # fmt: skip
+        evals.append({"variant": variant, "seed": seed, "step": step, **row})
+
+    def save(step: int) -> None:
+        state = {
+            "step": step, "policy": policy.state_dict(), "critic": critic.state_dict(),
+            "opt_policy": opt_p.state_dict(), "opt_value": opt_v.state_dict(),
+            "kl_ctl": kl_ctl.state_dict() if kl_ctl is not None else None,
+            "norm_mean": normaliser.mean, "norm_std": normaliser.std, "rows": rows, "evals": evals,
+        }  # fmt: skip
+        with atomic_path(ckpt) as tmp:
+            torch.save(state, tmp)
+
+    if start == 0:
+        evaluate(0)
+    bar = tqdm(
+        range(start, cfg.steps),
+        desc=f"ppo {variant} s{seed}",
+        disable=not progress,
+        mininterval=2.0,
+    )
+    done = 0
+    for step in bar:
+        t0 = time.perf_counter()
+        lr = warmup_cosine(step, cfg.steps, cfg.warmup_steps, cfg.lr)
+        for g in opt_p.param_groups:
+            g["lr"] = lr
+        for g in opt_v.param_groups:
+            g["lr"] = warmup_cosine(step, cfg.steps, cfg.warmup_steps, cfg.value_lr)
+        beta = kl_ctl.value if kl_ctl is not None else cfg.kl_coef
+        # 1-2. sample a batch of prompts and responses, cut at EOS
+        rng = np.random.default_rng(_seed(params.run.seed, seed, 2, step))
+        batch = [rl[i] for i in rng.integers(len(rl), size=cfg.batch_size)]
+        samples = sample(
+            policy,
+            tokenizer,
+            format_queries(batch, template),
+            sampling,
+            _seed(params.run.seed, seed, 3, step),
+        )
+        t_sampled = time.perf_counter()
+        # 3-6. score, log-probs, values, KL shaping, GAE
+        timer = _Timer(reward_fn)
+        ro = make_rollout(
+            policy, ref, critic, timer, normaliser, samples, batch, method,
+            params.reward.uwo_lambda, beta, cfg.gamma, cfg.lam, sampling.temperature,
+        )  # fmt: skip
+        # 7. PPO epochs
+        stats = ppo_update(
+            policy, critic, opt_p, opt_v, ro, cfg.ppo_epochs, cfg.minibatches, cfg.cliprange,
+            cfg.cliprange_value, cfg.vf_coef, cfg.grad_clip, cfg.whiten_advantages,
+            sampling.temperature, torch.Generator().manual_seed(_seed(params.run.seed, seed, 5, step)),
+        )  # fmt: skip
+        row = _log_row(variant, seed, step, ro, gold.score(batch, ro.texts, ro.finished), batch)
+        _check_finite(step, kl=row["kl"], proxy=row["proxy"], gold=row["gold"], **stats)
+        if kl_ctl is not None:
+            kl_ctl.update(row["kl"], cfg.batch_size)
+        seconds = time.perf_counter() - t0
+        row.update(stats, kl_coef=beta, lr=lr, step_seconds=seconds,
+                   sample_seconds=t_sampled - t0, score_seconds=timer.seconds)  # fmt: skip
+        rows.append(row)
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            evaluate(step + 1)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save(step)
+        bar.set_postfix(
+            kl=f"{row['kl']:.2f}",
+            proxy=f"{row['proxy']:.2f}",
+            gold=f"{row['gold']:.2f}",
+            refresh=False,
+        )
+        done += 1
+        if stop_after is not None and done >= stop_after:
+            break
+    return pd.DataFrame(rows), pd.DataFrame(evals)
+
+
+class _Timer:
+    """A reward function that records the seconds spent in it (the scoring share of a step)."""
+
+    def __init__(self, fn: RewardFn):
+        self.fn, self.seconds = fn, 0.0
+
+    def __call__(self, batch: Scored) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = self.fn(batch)
+        self.seconds += time.perf_counter() - t0
+        return out
