@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 _lgamma = np.vectorize(math.lgamma, otypes=[np.float64])
 
@@ -43,3 +45,31 @@ def bon_expected(proxy: np.ndarray, gold: np.ndarray, n: int) -> float:
         - (math.lgamma(big_n + 1) - math.lgamma(n + 1) - math.lgamma(big_n - n + 1))
     )
     return float(np.sum(np.exp(log_w) * gold[order]))
+
+
+def bon_curve(proxy: np.ndarray, gold: np.ndarray, ns: Sequence[int]) -> pd.DataFrame:
+    """Best-of-n curves over prompts: for each n, the mean over P prompts of the expected gold and
+    proxy of the pick, their standard errors over prompts, and the analytic KL.
+
+    proxy, gold: (P, N) scores of N samples for each of P prompts.
+    """
+    proxy, gold = np.asarray(proxy, np.float64), np.asarray(gold, np.float64)
+    if proxy.ndim != 2 or proxy.shape != gold.shape:
+        raise ValueError(f"proxy and gold must be (P, N) alike, got {proxy.shape} and {gold.shape}")
+    rows = []
+    p = proxy.shape[0]
+    for n in ns:
+        g = np.array([bon_expected(proxy[i], gold[i], n) for i in range(p)])
+        r = np.array([bon_expected(proxy[i], proxy[i], n) for i in range(p)])
+        se = lambda x: float(x.std(ddof=1) / math.sqrt(p)) if p > 1 else float("nan")  # noqa: E731
+        rows.append(
+            {
+                "n": n,
+                "kl": bon_kl(n),
+                "gold": g.mean(),
+                "gold_se": se(g),
+                "proxy": r.mean(),
+                "proxy_se": se(r),
+            }
+        )
+    return pd.DataFrame(rows)

@@ -82,3 +82,17 @@ def test_bon_expected_is_stable_for_large_n():
     vals = [bon_expected(p, g, n) for n in (1, 16, 256, 4096)]
     assert np.all(np.isfinite(vals)) and vals == sorted(vals)
     assert vals[-1] == pytest.approx(g[np.argmax(p)])
+
+
+def test_bon_curve_by_hand():
+    import numpy as np
+
+    from study.bon import bon_curve, bon_kl
+
+    proxy = np.array([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
+    gold = np.array([[3.0, 2.0, 1.0], [1.0, 1.0, 1.0]])
+    c = bon_curve(proxy, gold, [1, 3]).set_index("n")
+    # n = 1: the mean gold (2 and 1); n = 3: the proxy-best sample (gold 1 and 1)
+    assert c.loc[1, "gold"] == pytest.approx(1.5) and c.loc[3, "gold"] == pytest.approx(1.0)
+    assert c.loc[3, "proxy"] == pytest.approx(2.0) and c.loc[3, "kl"] == bon_kl(3)
+    assert c.loc[1, "gold_se"] == pytest.approx(np.std([2.0, 1.0], ddof=1) / np.sqrt(2))
