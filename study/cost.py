@@ -9,8 +9,9 @@ peak resident set size (``ru_maxrss``) over its size before the model was built;
 ``reward_eval.cost_steps`` optimiser steps (after 3 warm-up steps) times the steps in an epoch; for a
 full ensemble, whose members train one after the other, a step is the sum over its K members. The
 ratios to a single model (``train_x``, ``score_x``) are measured *paired* inside each process: a
-reference single model steps on the same batch just before the point's models, so the drift between
-processes (about ±20% here) cancels.
+reference single model steps on the same batch just before (even steps) or just after (odd steps)
+the point's models, so the drift between processes (about ±20% here) and the order within a pair
+(about 7%) cancel.
 
     python -m study.cost --family multihead --k 5        # one point, printed as JSON
 """
@@ -93,9 +94,9 @@ def measure(family: str, k: int, params: Params, world_dir: str | Path) -> dict[
     """Cost of one (family, K) point in this process (see the module docstring).
 
     Memory is read first, with only the point's models alive. Times are then taken *paired*: a
-    single reference model (K = 1) built in the same process steps on the same batch just before
-    the point's models, so `train_x` and `score_x` (point / single) cancel the drift between
-    processes that absolute times carry.
+    single reference model (K = 1) built in the same process steps on the same batch, alternately
+    before and after the point's models, so `train_x` and `score_x` (point / single) cancel the
+    drift between processes that absolute times carry.
     """
     if family not in COST_FAMILIES:
         raise ValueError(f"family: {family!r} (cost is measured for {', '.join(COST_FAMILIES)})")
@@ -153,20 +154,26 @@ def measure(family: str, k: int, params: Params, world_dir: str | Path) -> dict[
     for m in members:
         m.train()
     ref_s, point_s = [], []
-    for idx in timed:
-        ref_s.append(ref.step(idx))
+    for i, idx in enumerate(timed):  # alternate which goes first: the second of a pair runs warmer
+        if i % 2 == 0:
+            ref_s.append(ref.step(idx))
         point_s.append(sum(t.step(idx) for t in trainers))  # an ensemble trains member by member
+        if i % 2 == 1:
+            ref_s.append(ref.step(idx))
     # 3. scoring time, paired the same way (first batch: warm-up)
     ref.model.eval()
     for m in members:
         m.eval()
     ref_sc, vmap_sc, loop_sc = [], [], []
     for b, seqs in enumerate(score_batches):
+        ref_first = b % 2 == 0
+        t_ref = _score_time(ref.model, seqs, pad) if ref_first else None
         times = (
-            _score_time(ref.model, seqs, pad),
+            0.0,
             _score_time(scorer, seqs, pad),
             _score_time(looped, seqs, pad) if looped is not None else float("nan"),
         )
+        times = (t_ref if ref_first else _score_time(ref.model, seqs, pad), *times[1:])
         if b > 0:
             for acc, t in zip((ref_sc, vmap_sc, loop_sc), times, strict=True):
                 acc.append(t)
