@@ -166,14 +166,13 @@ def measure(family: str, k: int, params: Params, world_dir: str | Path) -> dict[
         m.eval()
     ref_sc, vmap_sc, loop_sc = [], [], []
     for b, seqs in enumerate(score_batches):
-        ref_first = b % 2 == 0
-        t_ref = _score_time(ref.model, seqs, pad) if ref_first else None
-        times = (
-            0.0,
-            _score_time(scorer, seqs, pad),
-            _score_time(looped, seqs, pad) if looped is not None else float("nan"),
-        )
-        times = (t_ref if ref_first else _score_time(ref.model, seqs, pad), *times[1:])
+        # alternate the order: the reference first on even batches, last on odd ones
+        t_ref = _score_time(ref.model, seqs, pad) if b % 2 == 0 else None
+        t_point = _score_time(scorer, seqs, pad)
+        t_loop = _score_time(looped, seqs, pad) if looped is not None else float("nan")
+        if t_ref is None:
+            t_ref = _score_time(ref.model, seqs, pad)
+        times = (t_ref, t_point, t_loop)
         if b > 0:
             for acc, t in zip((ref_sc, vmap_sc, loop_sc), times, strict=True):
                 acc.append(t)
