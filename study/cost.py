@@ -8,7 +8,8 @@ peak resident set size (``ru_maxrss``) over its size before the model was built;
 ``peak_mb`` over training and scoring a batch of ``reward.eval_batch_size`` sequences. Training time per epoch is the median time of
 ``reward_eval.cost_steps`` optimiser steps (after 3 warm-up steps) times the steps in an epoch; for a
 full ensemble, whose members train one after the other, a step is the sum over its K members. The
-ratios to a single model (``train_x``, ``score_x``) are measured *paired* inside each process: a
+ratios to a single model (``train_x``, ``score_x``) are measured *paired* inside each process (the
+median over batches of the per-batch ratio): a
 reference single model steps on the same batch just before (even steps) or just after (odd steps)
 the point's models, so the drift between processes (about ±20% here) and the order within a pair
 (about 7%) cancel.
@@ -177,6 +178,10 @@ def measure(family: str, k: int, params: Params, world_dir: str | Path) -> dict[
             for acc, t in zip((ref_sc, vmap_sc, loop_sc), times, strict=True):
                 acc.append(t)
     med = statistics.median
+
+    def paired(times: list[float]) -> float:  # median over batches of (point / reference)
+        return med([t / r for t, r in zip(times, ref_sc, strict=True)])
+
     step_s = med(point_s)
     epochs = cfg.epochs(family)
     score_vmap_s = med(vmap_sc)
@@ -193,15 +198,15 @@ def measure(family: str, k: int, params: Params, world_dir: str | Path) -> dict[
         "train_epoch_s": step_s * len(epoch),
         "epochs": epochs,
         "train_total_s": step_s * len(epoch) * epochs,
-        "train_x": step_s / med(ref_s),
+        "train_x": med([p / r for p, r in zip(point_s, ref_s, strict=True)]),
         "score_mode": "loop" if loop else ("vmap" if looped is not None else "single model"),
         "score_batch_s": score_s,
         "score_seq_per_s": cfg.eval_batch_size / score_s,
-        "score_x": score_s / med(ref_sc),
+        "score_x": paired(loop_sc if loop else vmap_sc),
         "score_vmap_batch_s": score_vmap_s if looped is not None else float("nan"),
-        "score_vmap_x": score_vmap_s / med(ref_sc) if looped is not None else float("nan"),
+        "score_vmap_x": paired(vmap_sc) if looped is not None else float("nan"),
         "score_loop_batch_s": score_loop_s,
-        "score_loop_x": score_loop_s / med(ref_sc),
+        "score_loop_x": paired(loop_sc) if looped is not None else float("nan"),
         "ref_train_step_s": med(ref_s),
         "ref_score_batch_s": med(ref_sc),
         "peak_train_mb": train_peak,
