@@ -291,7 +291,7 @@ def ppo_update(
                 approx_kl = masked_mean(0.5 * (new.logprobs - ro.logprobs[idx]) ** 2, mask)
             for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("pg_clipfrac", pg_clipfrac),
                          ("vf_clipfrac", vf_clipfrac), ("approx_kl", approx_kl)):  # fmt: skip
-                stats[k].append(float(v))
+                stats[k].append(float(v.detach()))
     policy.eval()
     critic.eval()
     return {k: sum(v) / len(v) for k, v in stats.items()}
