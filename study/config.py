@@ -420,6 +420,97 @@ class RewardEvalConfig:
         _check(self.cost_score_batches >= 1, "reward_eval.cost_score_batches", "must be >= 1")
 
 
+VARIANTS = (
+    "single",
+    "ensemble_min",
+    "ensemble_mean",
+    "ensemble_uwo",
+    "multihead_min",
+    "multihead_mean",
+    "multihead_uwo",
+    "gold",
+)
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    steps: int = _f(150, "PPO steps (one rollout batch and its updates each).")
+    batch_size: int = _f(64, "Prompts per rollout (one response each).")
+    ppo_epochs: int = _f(4, "Passes over each rollout batch.")
+    minibatches: int = _f(2, "Minibatches per pass; batch_size must divide into them.")
+    lr: float = _f(1e-4, "Peak Adam learning rate of the policy.")
+    value_lr: float = _f(1e-4, "Peak Adam learning rate of the critic.")
+    warmup_steps: int = _f(5, "Linear warm-up steps, then cosine decay to 10%.")
+    kl_coef: float = _f(0.02, "beta: weight of the per-token KL penalty in the shaped reward.")
+    adaptive_kl: bool = _f(False, "Adapt beta towards kl_target (Ziegler et al.).")
+    kl_target: float = _f(6.0, "Target KL (nats per response) of the adaptive controller.")
+    kl_horizon: int = _f(10000, "Horizon of the adaptive controller, in samples.")
+    gamma: float = _f(1.0, "Discount.")
+    lam: float = _f(0.95, "GAE lambda.")
+    cliprange: float = _f(0.2, "Policy ratio clip.")
+    cliprange_value: float = _f(0.2, "Value clip around the rollout's values.")
+    vf_coef: float = _f(0.1, "Weight of the value loss (separate critic: scales its gradient).")
+    grad_clip: float = _f(1.0, "Gradient-norm clip of policy and critic.")
+    whiten_advantages: bool = _f(True, "Whiten advantages over each minibatch's response tokens.")
+    normalise: str = _f(
+        "sft_zscore",
+        "Per-head normalisation of proxy rewards before aggregating: 'sft_zscore' (mean 0, std 1 on SFT samples of the RL prompts) or 'none'.",
+    )
+    n_norm_samples: int = _f(256, "SFT samples used to normalise the heads.")
+    eval_every: int = _f(10, "Steps between evaluations on the held-out prompts.")
+    checkpoint_every: int = _f(25, "Steps between checkpoints (resume restarts from the last).")
+
+    def __post_init__(self) -> None:
+        _check(
+            self.steps >= 1 and self.batch_size >= 2, "ppo.steps", "steps >= 1 and batch_size >= 2"
+        )
+        _check(self.ppo_epochs >= 1, "ppo.ppo_epochs", "must be >= 1")
+        _check(
+            self.minibatches >= 1 and self.batch_size % self.minibatches == 0,
+            "ppo.minibatches",
+            f"must divide ppo.batch_size ({self.batch_size})",
+        )
+        _check(
+            self.batch_size // self.minibatches >= 2,
+            "ppo.minibatches",
+            "minibatches of fewer than 2 sequences cannot be whitened",
+        )
+        _check(self.lr > 0 and self.value_lr > 0, "ppo.lr", "learning rates must be > 0")
+        _check(0 <= self.warmup_steps < self.steps, "ppo.warmup_steps", "must be in [0, ppo.steps)")
+        _check(self.kl_coef >= 0, "ppo.kl_coef", "must be >= 0")
+        _check(
+            self.kl_target > 0 and self.kl_horizon > 0,
+            "ppo.kl_target",
+            "target and horizon must be > 0",
+        )
+        _check(
+            0 < self.gamma <= 1 and 0 <= self.lam <= 1,
+            "ppo.gamma",
+            "gamma in (0, 1], lam in [0, 1]",
+        )
+        _check(
+            self.cliprange > 0 and self.cliprange_value > 0,
+            "ppo.cliprange",
+            "clip ranges must be > 0",
+        )
+        _check(
+            self.vf_coef > 0 and self.grad_clip > 0,
+            "ppo.vf_coef",
+            "vf_coef and grad_clip must be > 0",
+        )
+        _check(
+            self.normalise in ("sft_zscore", "none"),
+            "ppo.normalise",
+            f"must be sft_zscore or none, got {self.normalise!r}",
+        )
+        _check(self.n_norm_samples >= 2, "ppo.n_norm_samples", "must be >= 2")
+        _check(
+            self.eval_every >= 1 and self.checkpoint_every >= 1,
+            "ppo.eval_every",
+            "eval_every and checkpoint_every must be >= 1",
+        )
+
+
 @dataclass(frozen=True)
 class Params:
     """One resolved profile: every section of `params.yaml`."""
@@ -434,6 +525,7 @@ class Params:
     preferences: PreferencesConfig
     reward: RewardConfig
     reward_eval: RewardEvalConfig
+    ppo: PPOConfig
 
     def __post_init__(self) -> None:
         _check(

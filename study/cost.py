@@ -43,8 +43,7 @@ from study.reward_models import (
     num_parameters,
     right_pad,
 )
-from study.rewards import bt_loss
-from study.rm_train import load_pairs, member_seed, reward_tokenizer
+from study.rm_train import bt_step, load_pairs, member_seed, reward_tokenizer
 
 WARMUP_STEPS = 3
 COST_FAMILIES = ("multihead", "ensemble")
@@ -62,25 +61,21 @@ def _peak_rss_mb() -> float:
 
 
 class _Trainer:
-    """One model's optimiser step on a batch of pair indices, timed."""
+    """One model's optimiser step (`study.rm_train.bt_step`) on a batch of pair indices, timed."""
 
     def __init__(self, model: MultiHeadRewardModel, pairs: Any, params: Params, pad_id: int):
         self.model, self.pairs, self.cfg, self.pad_id = model, pairs, params.reward, pad_id
         self.opt = torch.optim.AdamW(
             model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
         )
+        self.trainable = list(model.parameters())
         model.train()
 
     def step(self, idx: Sequence[int]) -> float:
-        seqs = [self.pairs.chosen[j] for j in idx] + [self.pairs.rejected[j] for j in idx]
         t0 = time.perf_counter()
-        ids, mask = right_pad(seqs, self.pad_id)
-        r_chosen, r_rejected = self.model.rewards(ids, mask).chunk(2, dim=1)
-        loss = bt_loss(r_chosen, r_rejected)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.opt.step()
+        bt_step(
+            self.model, self.opt, self.trainable, self.pairs, idx, self.pad_id, self.cfg.grad_clip
+        )
         return time.perf_counter() - t0
 
 

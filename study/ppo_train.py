@@ -472,9 +472,7 @@ def train_ppo(
             require(rm_dir, f"stage rm@{family}-{seed}"),
             vectorize=params.reward.vectorize_ensemble(torch.cuda.is_available()),
         ).requires_grad_(False)
-        rm_tok = load_tokenizer(
-            str(rm_dir / "member_00" if (rm_dir / "member_00").exists() else rm_dir), "reward model"
-        )
+        rm_tok = load_tokenizer(str(rm_dir), "reward model")  # saved beside the model(s)
         reward_fn = proxy_reward_fn(rm, rm_tok, tokenizer, params.reward.max_length)
     prompts = read_table(world / "prompts.parquet", "the world stage")
     rl = prompts.loc[prompts["split"] == "rl", "prompt"].tolist()

@@ -92,6 +92,37 @@ def resample_weights(n: int, k: int, mode: str, generator: torch.Generator) -> t
     raise ValueError(f"reward.resample: unknown mode {mode!r} (known: none, bootstrap, poisson)")
 
 
+def bt_step(
+    model: MultiHeadRewardModel,
+    opt: torch.optim.Optimizer,
+    trainable: list[torch.nn.Parameter],
+    pairs: EncodedPairs,
+    idx: Sequence[int] | torch.Tensor,
+    pad_id: int,
+    grad_clip: float,
+    weight: torch.Tensor | None = None,
+    step: int = 0,
+) -> tuple[float, float, float]:
+    """One optimiser step of the Bradley–Terry loss on the pairs `idx`: (loss, accuracy, grad norm).
+
+    The chosen and rejected sides go through the model in one forward pass, (2B, T) -> (K, 2B).
+    A non-finite loss raises before any weight moves.
+    """
+    seqs = [pairs.chosen[i] for i in idx] + [pairs.rejected[i] for i in idx]
+    ids, mask = right_pad(seqs, pad_id)
+    r_chosen, r_rejected = model.rewards(ids, mask).chunk(2, dim=1)  # (K, B) each
+    loss = bt_loss(r_chosen, r_rejected, weight=weight)
+    if not math.isfinite(loss.item()):
+        raise FloatingPointError(f"reward-model training: loss is {loss.item()} at step {step}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+    opt.step()
+    with torch.no_grad():
+        acc = (r_chosen > r_rejected).float().mean().item()
+    return loss.item(), acc, float(grad_norm)
+
+
 def train_reward_model(
     model: MultiHeadRewardModel,
     pairs: EncodedPairs,
@@ -137,38 +168,26 @@ def train_reward_model(
             if step >= total:
                 break
             idx = torch.as_tensor(batch)
-            seqs = [pairs.chosen[i] for i in idx] + [pairs.rejected[i] for i in idx]
-            ids, mask = right_pad(seqs, pad_id)
-            r = model.rewards(ids, mask)  # (K, 2B)
-            r_chosen, r_rejected = r.chunk(2, dim=1)  # (K, B) each
-            loss = bt_loss(r_chosen, r_rejected, weight=weights[:, idx])
             lr = warmup_cosine(step, total, warmup, cfg.lr)
             for group in opt.param_groups:
                 group["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            opt.step()
-            with torch.no_grad():
-                acc = (r_chosen > r_rejected).float().mean().item()
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(
-                    f"reward-model training: loss is {loss.item()} at step {step}"
-                )
+            loss, acc, grad_norm = bt_step(
+                model, opt, trainable, pairs, idx, pad_id, cfg.grad_clip, weights[:, idx], step
+            )
             rows.append(
                 {
                     "step": step,
                     "epoch": epoch,
-                    "loss": loss.item(),
+                    "loss": loss,
                     "acc_noisy": acc,
                     "lr": lr,
-                    "grad_norm": float(grad_norm),
+                    "grad_norm": grad_norm,
                     "seconds": time.perf_counter() - t0,
                 }
             )
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
     bar.close()
     model.eval()
     return pd.DataFrame(rows)

@@ -101,3 +101,24 @@ def test_a_second_repro_runs_nothing_and_notebooks_open_read_only(project):
         assert opened.returncode == 0, opened.stderr[-3000:]
     status = run("dvc", "status", "rm_eval", "rm_cost", "rm_diversity")
     assert "up to date" in status.stdout, status.stdout
+
+
+def test_toy_ppo_on_the_smoke_world_resumes_to_the_same_tables(project, tmp_path):
+    from study.config import load_params
+    from study.ppo_train import train_ppo
+
+    root, _ = project
+    params = load_params(root / "params.yaml", "smoke")
+    args = (root / "artifacts/world", root / "artifacts/rm")
+    whole_log, whole_eval = train_ppo(
+        params, "multihead_min", 0, *args, tmp_path / "a", progress=False
+    )
+    assert len(whole_log) == params.ppo.steps
+    assert {"variant", "seed", "step", "kl", "proxy", "gold", "kl_k3", "head_std"} <= set(whole_log)
+    assert whole_log[["kl", "proxy", "gold", "pg_loss", "vf_loss"]].notna().all().all()
+    # killed after 3 steps (the last checkpoint is after step 2), then resumed
+    train_ppo(params, "multihead_min", 0, *args, tmp_path / "b", progress=False, stop_after=3)
+    log, evals = train_ppo(params, "multihead_min", 0, *args, tmp_path / "b", progress=False)
+    timing = [c for c in log.columns if c.endswith("seconds")]
+    pd.testing.assert_frame_equal(log.drop(columns=timing), whole_log.drop(columns=timing))
+    pd.testing.assert_frame_equal(evals, whole_eval)
