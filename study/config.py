@@ -512,6 +512,80 @@ class PPOConfig:
 
 
 @dataclass(frozen=True)
+class BoNConfig:
+    n_prompts: int = _f(
+        64, "Held-out ('eval') prompts of the best-of-n curves (the first n_prompts)."
+    )
+    n_samples: int = _f(
+        256,
+        "N: SFT samples per prompt; curves run over n = 1, 2, 4, ... <= N with the unbiased estimator, so N bounds the KL reached (log N - (N-1)/N).",
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.n_prompts >= 2, "bon.n_prompts", "must be >= 2 (standard errors over prompts)")
+        _check(self.n_samples >= 2, "bon.n_samples", "must be >= 2")
+
+
+@dataclass(frozen=True)
+class RLOOConfig:
+    """The `rloo` section: TRL's group-relative optimiser (RLOOTrainer) against a variant's reward.
+
+    Sampling (temperature, top-k, top-p, max_new_tokens) is `sampling`'s and the per-head
+    normalisation is the PPO stage's (`ppo.normalise`, `ppo.n_norm_samples`, same seed), so the
+    two optimisers of a variant sample alike and optimise the same reward.
+    """
+
+    steps: int = _f(150, "Rollouts: generation batches, each followed by num_iterations updates.")
+    prompts_per_step: int = _f(16, "Distinct RL prompts per rollout.")
+    num_generations: int = _f(
+        4,
+        "Completions per prompt (the RLOO group, >= 2): each one's baseline is the mean reward of the others.",
+    )
+    num_iterations: int = _f(
+        1, "Optimiser steps per rollout (mu); above 1 the sequence ratios are clipped at epsilon."
+    )
+    lr: float = _f(1e-4, "Peak Adam learning rate (warm-up, then cosine decay to 10%, as PPO).")
+    warmup_steps: int = _f(5, "Linear warm-up, in optimiser steps.")
+    beta: float = _f(
+        0.02,
+        "KL coefficient: beta * (summed k1 KL to the SFT policy) is subtracted from each reward, as ppo.kl_coef.",
+    )
+    epsilon: float = _f(0.2, "Clip range of the sequence-level probability ratio.")
+    grad_clip: float = _f(1.0, "Gradient-norm clip.")
+    normalize_advantages: bool = _f(
+        False, "Whiten the advantages over each rollout (TRL's normalize_advantages)."
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "rloo.steps", "must be >= 1")
+        _check(self.prompts_per_step >= 1, "rloo.prompts_per_step", "must be >= 1")
+        _check(
+            self.num_generations >= 2,
+            "rloo.num_generations",
+            "must be >= 2: the leave-one-out baseline needs another completion of the prompt",
+        )
+        _check(self.num_iterations >= 1, "rloo.num_iterations", "must be >= 1")
+        _check(self.lr > 0, "rloo.lr", "must be > 0")
+        _check(
+            0 <= self.warmup_steps < self.steps * self.num_iterations,
+            "rloo.warmup_steps",
+            "must be in [0, steps * num_iterations)",
+        )
+        _check(
+            self.beta > 0,
+            "rloo.beta",
+            "must be > 0: with beta = 0 TRL keeps no reference model and logs no KL",
+        )
+        _check(self.epsilon > 0, "rloo.epsilon", "must be > 0")
+        _check(self.grad_clip > 0, "rloo.grad_clip", "must be > 0")
+
+    @property
+    def batch_size(self) -> int:
+        """Completions per rollout (TRL's per-device train batch)."""
+        return self.prompts_per_step * self.num_generations
+
+
+@dataclass(frozen=True)
 class Params:
     """One resolved profile: every section of `params.yaml`."""
 
@@ -526,6 +600,8 @@ class Params:
     reward: RewardConfig
     reward_eval: RewardEvalConfig
     ppo: PPOConfig
+    bon: BoNConfig
+    rloo: RLOOConfig
 
     def __post_init__(self) -> None:
         _check(

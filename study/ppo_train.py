@@ -20,6 +20,8 @@ Rollout of one step, narrated as in the code:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +39,15 @@ from study.aggregate import aggregate
 from study.config import Params, SamplingConfig
 from study.generation import Samples, format_queries, sample
 from study.hub import load_tokenizer
-from study.io import atomic_path, read_table, require
+from study.io import (
+    atomic_path,
+    provenance,
+    read_table,
+    require,
+    write_csv,
+    write_json,
+    write_table,
+)
 from study.optim import warmup_cosine
 from study.ppo import (
     AdaptiveKLController,
@@ -211,6 +221,8 @@ def make_rollout(
     # 3. score query + response with every head, normalise per head, aggregate
     ids, mask = torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1)
     head_rewards = normaliser(reward_fn(Scored(ids, mask, prompts, s.texts, s.finished)))  # (K, B)
+    if not torch.isfinite(head_rewards).all():
+        raise FloatingPointError("a proxy reward is not finite")
     scores = aggregate(head_rewards, method, uwo_lambda)  # (B,)
     # 4. per-token log-probabilities of policy and reference, and values
     out = policy_forward(policy, q_ids, q_mask, r_ids, r_mask, temperature, with_entropy=True)
@@ -347,7 +359,39 @@ def gold_reward_fn(gold: GoldReward) -> RewardFn:
     )[None]
 
 
+def variant_reward_fn(
+    params: Params,
+    variant: str,
+    seed: int,
+    tokenizer: PreTrainedTokenizerBase,
+    rm_root: str | Path,
+    gold: GoldReward,
+) -> tuple[RewardFn, str]:
+    """The reward function (K, B) of `variant` and its aggregation, as `train_ppo` builds them."""
+    family, method = variant_spec(variant)
+    if family == "gold":
+        return gold_reward_fn(gold), method
+    rm_dir = Path(rm_root) / family / f"seed{seed}"
+    rm = load_reward_model(
+        require(rm_dir, f"stage rm@{family}-{seed}"),
+        vectorize=params.reward.vectorize_ensemble(torch.cuda.is_available()),
+    ).requires_grad_(False)
+    rm_tok = load_tokenizer(str(rm_dir), "reward model")  # saved beside the model(s)
+    return proxy_reward_fn(rm, rm_tok, tokenizer, params.reward.max_length), method
+
+
 LOG_KEYS = ("variant", "seed", "step", "kl", "proxy", "gold")
+
+
+@dataclass
+class PPOResult:
+    """What a PPO run leaves: per-step log, held-out evaluations (means) and their responses."""
+
+    log: pd.DataFrame  # one row per step: LOG_KEYS, each head, gold components, losses, timing
+    evals: pd.DataFrame  # one row per evaluation (every ppo.eval_every steps, and step 0)
+    eval_samples: pd.DataFrame  # one row per held-out response per evaluation
+    normaliser: HeadNormaliser
+    policy: PreTrainedModel
 
 
 def _sft_normaliser(
@@ -410,12 +454,16 @@ def evaluate_policy(
     policy: PreTrainedModel, ref: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     reward_fn: RewardFn, normaliser: HeadNormaliser, gold: GoldReward, prompts: list[str],
     template: str, sampling: SamplingConfig, method: str, uwo_lambda: float, seed: int,
-) -> dict[str, Any]:  # fmt: skip
-    """Gold, proxy and KL of the policy on held-out prompts (one sample each, fixed seed)."""
+) -> tuple[dict[str, Any], pd.DataFrame]:  # fmt: skip
+    """Gold, proxy and KL of the policy on held-out prompts (one sample each, fixed seed).
+
+    Returns the means (one row) and the per-response table (prompt, response, KL, proxy, gold and
+    its components), from which the report picks example responses at several KL levels.
+    """
     s = trim_responses(sample(policy, tokenizer, format_queries(prompts, template), sampling, seed))
     ids = torch.cat([s.query_ids, s.response_ids], 1)
     mask = torch.cat([s.query_mask, s.response_mask], 1)
-    heads = normaliser(reward_fn(Scored(ids, mask, prompts, s.texts, s.finished)))
+    heads = normaliser(reward_fn(Scored(ids, mask, prompts, s.texts, s.finished)))  # (K, B)
     t = sampling.temperature
     lp = policy_forward(
         policy, s.query_ids, s.query_mask, s.response_ids, s.response_mask, t
@@ -425,16 +473,39 @@ def evaluate_policy(
     ).logprobs
     rmask = s.response_mask.float()
     g = gold.score(prompts, s.texts, s.finished)
+    kl_seq = ((lp - ref_lp) * rmask).sum(1)  # (B,)
+    proxy = aggregate(heads, method, uwo_lambda)  # (B,)
+    per_sample = pd.DataFrame(
+        {
+            "prompt": prompts,
+            "response": s.texts,
+            "finished": np.asarray(s.finished, dtype=bool),
+            "kl": kl_seq.numpy(),
+            "proxy": proxy.numpy(),
+            "gold": np.asarray(g.total, dtype=np.float64),
+            **{f"gold_{k}": np.asarray(v, dtype=np.float64) for k, v in g.contributions.items()},
+        }
+    )
     row = {
-        "kl": ((lp - ref_lp) * rmask).sum(1).mean().item(),
+        "kl": kl_seq.mean().item(),
         "kl_k3": (kl_k3(lp, ref_lp) * rmask).sum(1).mean().item(),
-        "proxy": aggregate(heads, method, uwo_lambda).mean().item(),
+        "proxy": proxy.mean().item(),
         "head_std": heads.std(0, unbiased=False).mean().item() if heads.shape[0] > 1 else 0.0,
         "gold": float(g.total.mean()),
         "response_length": rmask.sum(1).mean().item(),
     }
     row.update({f"gold_{k}": float(v.mean()) for k, v in g.contributions.items()})
-    return row
+    return row, per_sample
+
+
+def run_fingerprint(params: Params, variant: str, seed: int) -> str:
+    """What a checkpoint must match to be resumed: the resolved parameters, the run and the code
+    of the package (a checkpoint of other settings or older code is discarded, not resumed)."""
+    code = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.rglob("*.py")):
+        code.update(f.read_bytes())
+    blob = json.dumps([params.to_dict(), variant, seed, code.hexdigest()], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def train_ppo(
@@ -446,16 +517,17 @@ def train_ppo(
     run_dir: str | Path,
     progress: bool = True,
     stop_after: int | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """PPO of the SFT policy against `variant`'s reward; returns (per-step log, held-out evals).
+) -> PPOResult:
+    """PPO of the SFT policy against `variant`'s reward; returns the per-step log, the held-out
+    evaluations and the held-out responses of every evaluation.
 
-    Resumes from `run_dir/checkpoint.pt` when one exists; `stop_after` ends the run after that
-    many steps of this call (a stand-in for a killed run, in tests). Every random draw is seeded by
-    (seed, step), so a resumed run ends with the same tables as an uninterrupted one.
+    Resumes from `run_dir/checkpoint.pt` when one exists and was made by the same parameters,
+    variant, seed and code (another is discarded, with a message); `stop_after` ends the run after
+    that many steps of this call (a stand-in for a killed run, in tests). Every random draw is
+    seeded by (seed, step), so a resumed run ends with the same tables as an uninterrupted one.
     """
     cfg = params.ppo
     torch.set_num_threads(params.run.threads)
-    family, method = variant_spec(variant)
     world = Path(world_dir)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -464,16 +536,7 @@ def train_ppo(
     ref = AutoModelForCausalLM.from_pretrained(world / "policy").eval().requires_grad_(False)
     critic = ValueModel.from_pretrained(str(world / "policy")).eval()
     gold = make_gold(params)
-    if family == "gold":
-        reward_fn = gold_reward_fn(gold)
-    else:
-        rm_dir = Path(rm_root) / family / f"seed{seed}"
-        rm = load_reward_model(
-            require(rm_dir, f"stage rm@{family}-{seed}"),
-            vectorize=params.reward.vectorize_ensemble(torch.cuda.is_available()),
-        ).requires_grad_(False)
-        rm_tok = load_tokenizer(str(rm_dir), "reward model")  # saved beside the model(s)
-        reward_fn = proxy_reward_fn(rm, rm_tok, tokenizer, params.reward.max_length)
+    reward_fn, method = variant_reward_fn(params, variant, seed, tokenizer, rm_root, gold)
     prompts = read_table(world / "prompts.parquet", "the world stage")
     rl = prompts.loc[prompts["split"] == "rl", "prompt"].tolist()
     held_out = prompts.loc[prompts["split"] == "eval", "prompt"].tolist()
@@ -487,10 +550,15 @@ def train_ppo(
     )
     rows: list[dict] = []
     evals: list[dict] = []
+    eval_samples: list[pd.DataFrame] = []
     start = 0
     ckpt = run_dir / "checkpoint.pt"
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+    fingerprint = run_fingerprint(params, variant, seed)
+    state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
+    if state is not None and state.get("fingerprint") != fingerprint:
+        tqdm.write(f"{ckpt}: made by other parameters or code; starting afresh")
+        state = None
+    if state is not None:
         policy.load_state_dict(state["policy"])
         critic.load_state_dict(state["critic"])
         opt_p.load_state_dict(state["opt_policy"])
@@ -499,6 +567,7 @@ def train_ppo(
             kl_ctl.load_state_dict(state["kl_ctl"])
         normaliser = HeadNormaliser(state["norm_mean"], state["norm_std"])
         rows, evals, start = state["rows"], state["evals"], state["step"] + 1
+        eval_samples = state["eval_samples"]
     else:
         normaliser = _sft_normaliser(
             reward_fn, ref, tokenizer, rl, template, sampling, cfg.n_norm_samples,
@@ -506,11 +575,12 @@ def train_ppo(
         )  # fmt: skip
 
     def evaluate(step: int) -> None:
-        row = evaluate_policy(
+        row, per_sample = evaluate_policy(
             policy, ref, tokenizer, reward_fn, normaliser, gold, held_out, template, sampling,
             method, params.reward.uwo_lambda, _seed(params.run.seed, seed, 4),
         )  # fmt: skip
         evals.append({"variant": variant, "seed": seed, "step": step, **row})
+        eval_samples.append(per_sample.assign(variant=variant, seed=seed, step=step))
 
     def save(step: int) -> None:
         state = {
@@ -518,6 +588,7 @@ def train_ppo(
             "opt_policy": opt_p.state_dict(), "opt_value": opt_v.state_dict(),
             "kl_ctl": kl_ctl.state_dict() if kl_ctl is not None else None,
             "norm_mean": normaliser.mean, "norm_std": normaliser.std, "rows": rows, "evals": evals,
+            "eval_samples": eval_samples, "fingerprint": fingerprint,
         }  # fmt: skip
         with atomic_path(ckpt) as tmp:
             torch.save(state, tmp)
@@ -557,11 +628,17 @@ def train_ppo(
             params.reward.uwo_lambda, beta, cfg.gamma, cfg.lam, sampling.temperature,
         )  # fmt: skip
         # 7. PPO epochs
-        stats = ppo_update(
-            policy, critic, opt_p, opt_v, ro, cfg.ppo_epochs, cfg.minibatches, cfg.cliprange,
-            cfg.cliprange_value, cfg.vf_coef, cfg.grad_clip, cfg.whiten_advantages,
-            sampling.temperature, torch.Generator().manual_seed(_seed(params.run.seed, seed, 5, step)),
-        )  # fmt: skip
+        try:
+            stats = ppo_update(
+                policy, critic, opt_p, opt_v, ro, cfg.ppo_epochs, cfg.minibatches, cfg.cliprange,
+                cfg.cliprange_value, cfg.vf_coef, cfg.grad_clip, cfg.whiten_advantages,
+                sampling.temperature,
+                torch.Generator().manual_seed(_seed(params.run.seed, seed, 5, step)),
+            )  # fmt: skip
+        except FloatingPointError as e:
+            raise FloatingPointError(
+                f"PPO step {step}: {e}; the last good checkpoint ({ckpt}) is kept"
+            ) from None
         row = _log_row(variant, seed, step, ro, gold.score(batch, ro.texts, ro.finished), batch)
         _check_finite(step, kl=row["kl"], proxy=row["proxy"], gold=row["gold"], **stats)
         if kl_ctl is not None:
@@ -583,7 +660,13 @@ def train_ppo(
         done += 1
         if stop_after is not None and done >= stop_after:
             break
-    return pd.DataFrame(rows), pd.DataFrame(evals)
+    return PPOResult(
+        pd.DataFrame(rows),
+        pd.DataFrame(evals),
+        pd.concat(eval_samples, ignore_index=True),
+        normaliser,
+        policy,
+    )
 
 
 class _Timer:
@@ -597,3 +680,52 @@ class _Timer:
         out = self.fn(batch)
         self.seconds += time.perf_counter() - t0
         return out
+
+
+def run_ppo_stage(
+    params: Params,
+    variant: str,
+    seed: int,
+    world_dir: str | Path,
+    rm_root: str | Path,
+    results_dir: str | Path,
+    policy_dir: str | Path,
+    checkpoint_dir: str | Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """One cell of the optimisation grid: PPO of `variant` for replicate `seed`, then write.
+
+    Writes (each atomically) `log.parquet` / `log.csv` (one row per step), `evals.parquet` (held-out
+    means), `eval_samples.parquet` (held-out responses at every evaluation) and `train.json` (time,
+    scoring share) under `results_dir`, and the final policy as a Hugging Face directory. The
+    checkpoint under `checkpoint_dir` lets a killed run resume; it is removed once all is written.
+    """
+    variant_spec(variant)  # a bad variant fails before any model is loaded
+    t0 = time.perf_counter()
+    result = train_ppo(params, variant, seed, world_dir, rm_root, checkpoint_dir, progress)
+    log = result.log
+    info = {
+        "variant": variant,
+        "seed": seed,
+        "steps": len(log),
+        "seconds": time.perf_counter() - t0,
+        "step_seconds_median": float(log["step_seconds"].median()),
+        "sample_seconds_median": float(log["sample_seconds"].median()),
+        "score_seconds_median": float(log["score_seconds"].median()),
+        "score_share": float(log["score_seconds"].sum() / log["step_seconds"].sum()),
+        "norm_mean": result.normaliser.mean.tolist(),
+        "norm_std": result.normaliser.std.tolist(),
+    }
+    prov = provenance(params)
+    results = Path(results_dir)
+    write_table(results / "log.parquet", log, prov)
+    write_csv(results / "log.csv", log)
+    write_table(results / "evals.parquet", result.evals, prov)
+    write_table(results / "eval_samples.parquet", result.eval_samples, prov)
+    write_json(results / "train.json", info)
+    with atomic_path(policy_dir) as tmp:
+        result.policy.save_pretrained(tmp)
+        load_tokenizer(str(Path(world_dir) / "policy"), "world policy").save_pretrained(tmp)
+        write_json(tmp / "ppo.json", {**info, **prov})
+    (Path(checkpoint_dir) / "checkpoint.pt").unlink(missing_ok=True)
+    return info

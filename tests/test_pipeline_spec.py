@@ -44,7 +44,7 @@ def test_the_evaluation_reads_exactly_the_reward_model_matrix():
 def test_notebook_parameter_cells_hold_selectors_only():
     # hyperparameters live in params.yaml; a parameters cell holds paths, selectors and switches
     allowed = {"profile", "params_path", "world_dir", "build", "train", "run", "write",
-               "family", "families", "seed", "seeds"}  # fmt: skip
+               "family", "families", "seed", "seeds", "variant", "variants", "rm_root"}  # fmt: skip
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         extra = set(notebook_parameters(nb.name)) - allowed
         assert not extra, f"{nb.name}: parameters cell holds {sorted(extra)}"

@@ -110,15 +110,16 @@ def test_toy_ppo_on_the_smoke_world_resumes_to_the_same_tables(project, tmp_path
     root, _ = project
     params = load_params(root / "params.yaml", "smoke")
     args = (root / "artifacts/world", root / "artifacts/rm")
-    whole_log, whole_eval = train_ppo(
-        params, "multihead_min", 0, *args, tmp_path / "a", progress=False
-    )
+    whole = train_ppo(params, "multihead_min", 0, *args, tmp_path / "a", progress=False)
+    whole_log, whole_eval = whole.log, whole.evals
     assert len(whole_log) == params.ppo.steps
     assert {"variant", "seed", "step", "kl", "proxy", "gold", "kl_k3", "head_std"} <= set(whole_log)
     assert whole_log[["kl", "proxy", "gold", "pg_loss", "vf_loss"]].notna().all().all()
     # killed after 3 steps (the last checkpoint is after step 2), then resumed
     train_ppo(params, "multihead_min", 0, *args, tmp_path / "b", progress=False, stop_after=3)
-    log, evals = train_ppo(params, "multihead_min", 0, *args, tmp_path / "b", progress=False)
+    resumed = train_ppo(params, "multihead_min", 0, *args, tmp_path / "b", progress=False)
+    log, evals = resumed.log, resumed.evals
     timing = [c for c in log.columns if c.endswith("seconds")]
     pd.testing.assert_frame_equal(log.drop(columns=timing), whole_log.drop(columns=timing))
     pd.testing.assert_frame_equal(evals, whole_eval)
+    pd.testing.assert_frame_equal(resumed.eval_samples, whole.eval_samples)

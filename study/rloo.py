@@ -1,0 +1,394 @@
+"""TRL's group-relative optimiser beside our PPO: the same proxy reward, through a reward callable.
+
+The optimiser is TRL's **RLOOTrainer** (REINFORCE leave-one-out, Ahmadian et al. 2024), not its
+GRPOTrainer, because RLOO's KL term is the one our PPO and the overoptimisation literature use
+(Gao et al.; Coste et al.): the first-order estimator k1 = log π(y|x) − log π_ref(y|x), summed over
+the response's tokens and subtracted from the reward, ``r − β·KL``, so ``beta`` means what
+``ppo.kl_coef`` means, and the KL that TRL logs is measured on the very completions that were
+scored, before the update. GRPOTrainer instead adds the k3 estimator (exp(Δ) − Δ − 1, Δ = log
+π_ref − log π) to the per-token *loss*, not to the reward, logs it from the loss pass over each
+minibatch, and by default divides each group's advantages by their standard deviation, which
+rescales the rewards whose aggregation (min, mean, UWO) is what the study compares. RLOO keeps the reward's scale: the
+advantage of a completion is its KL-penalised reward minus the mean of the other completions of
+its prompt (``num_generations`` of them per prompt).
+
+KL: TRL logs ``kl`` as the mean of k1 over every completion token of the batch (nats per token,
+policy before the update against the SFT reference). Multiplied by the mean completion length
+of the same batch it is exactly the mean over completions of the summed k1, the quantity TRL
+subtracts from the reward and the ``kl`` column of our PPO table (nats per response); the table
+keeps both (``kl``, ``kl_per_token``).
+
+The reward callable (`make_reward_callable`) re-tokenises each prompt as TRL does, appends the
+sampled completion ids (through the end-of-sequence token, as TRL cut them), scores with the
+variant's reward function of `study.ppo_train` (a reward model (K, B), or the gold control),
+normalises per head with the PPO stage's `HeadNormaliser` and aggregates with
+`study.aggregate.aggregate`. Gold is computed on the same completions for the table only; it
+is never returned to TRL unless the variant is ``gold``.
+
+One fix to TRL's forward passes: TRL scores left-padded prompt + completion batches without
+``position_ids``, so a model with absolute positions (GPT-2, our policy) numbers a padded row's
+positions from the padding, while ``generate`` sampled it with positions counted from the first
+real token. `count_positions_from_first_token` adds the position ids that ``generate`` used to
+every call without them (policy and reference), so the log-probabilities TRL optimises and the
+KL it logs belong to the distribution that sampled the completions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+from transformers import (
+    AutoModelForCausalLM,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+)
+from transformers.trainer_callback import PrinterCallback
+
+from study.aggregate import aggregate
+from study.config import Params, RLOOConfig
+from study.generation import format_queries, left_pad
+from study.hub import load_tokenizer
+from study.io import atomic_path, read_table
+from study.optim import warmup_cosine
+from study.ppo_train import (
+    HeadNormaliser,
+    RewardFn,
+    Scored,
+    _seed,
+    _sft_normaliser,
+    variant_reward_fn,
+)
+from study.reward_models import right_pad
+from study.world.build import make_gold
+from study.world.gold import GoldReward
+
+# Seed offsets of this driver's random streams; 1 is the PPO stage's normaliser stream, reused so
+# that both optimisers of a (variant, seed) see the same normalised reward.
+SEED_NORMALISER, SEED_TRL = 1, 6
+
+
+# ----------------------------------------------------------------------------- reward callable
+
+
+TRLRewardFunc = Callable[..., list[float]]
+"""TRL's reward-function signature: (prompts, completions, completion_ids, **kwargs) -> floats."""
+
+
+@dataclass
+class RewardCall:
+    """One call of the reward callable: the batch, the normalised heads (K, B) and the rewards (B,)."""
+
+    batch: Scored
+    heads: torch.Tensor
+    scores: torch.Tensor
+    response_length: torch.Tensor  # (B,) completion tokens, EOS included
+    step: int | None  # TRL's global step when the batch was scored (None outside a trainer)
+    seconds: float  # spent in the reward function
+
+
+def untemplate(query: str, template: str) -> str:
+    """The prompt inside a query made by `format_queries` ('{prompt} <sep>': 'a b <sep>' -> 'a b')."""
+    prefix, _, suffix = template.partition("{prompt}")
+    if not (query.startswith(prefix) and query.endswith(suffix)):
+        raise ValueError(f"query {query!r} was not made by the template {template!r}")
+    return query[len(prefix) : len(query) - len(suffix)]
+
+
+def make_reward_callable(
+    reward_fn: RewardFn,
+    normaliser: HeadNormaliser,
+    method: str,
+    uwo_lambda: float,
+    tokenizer: PreTrainedTokenizerBase,
+    template: str,
+    on_batch: Callable[[RewardCall], None] | None = None,
+    name: str = "proxy",
+) -> TRLRewardFunc:
+    """A TRL reward function over `reward_fn`: one aggregated, normalised reward per completion.
+
+    TRL calls it as ``f(prompts=..., completions=..., completion_ids=..., trainer_state=..., ...)``
+    with the dataset's ``prompt`` column (queries made by `template`) and each completion's token
+    ids through its EOS. Each query is tokenised as TRL tokenised it for generation and left-padded,
+    the completion ids follow, then padding: the layout of a PPO rollout (`study.ppo_train.Scored`).
+    Returns ``aggregate(normaliser(reward_fn(batch)), method)`` as Python floats; `on_batch`, if
+    given, sees every call (the driver scores gold there). ``__name__`` is `name`, which TRL logs
+    as ``rewards/<name>/mean``.
+    """
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    eos_id = tokenizer.eos_token_id
+
+    def reward(
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        completion_ids: Sequence[Sequence[int]],
+        trainer_state: Any = None,
+        **_: Any,
+    ) -> list[float]:
+        if not (len(prompts) == len(completions) == len(completion_ids)):
+            raise ValueError(
+                f"{len(prompts)} prompts, {len(completions)} completions, "
+                f"{len(completion_ids)} completion_ids"
+            )
+        q_ids, q_mask = left_pad(tokenizer(list(prompts))["input_ids"], pad_id)  # (B, Tq)
+        r_ids, r_mask = right_pad([list(c) for c in completion_ids], pad_id)  # (B, T)
+        finished = np.array([len(c) > 0 and c[-1] == eos_id for c in completion_ids])
+        texts = [
+            tokenizer.decode(list(c), skip_special_tokens=True).strip() for c in completion_ids
+        ]
+        batch = Scored(
+            ids=torch.cat([q_ids, r_ids], 1),  # (B, Tq + T)
+            mask=torch.cat([q_mask, r_mask], 1),
+            prompts=[untemplate(p, template) for p in prompts],
+            texts=texts,
+            finished=finished,
+        )
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            heads = normaliser(reward_fn(batch))  # (K, B)
+            scores = aggregate(heads, method, uwo_lambda)  # (B,)
+        seconds = time.perf_counter() - t0
+        if not torch.isfinite(scores).all():
+            raise FloatingPointError(f"reward {name}: non-finite rewards {scores.tolist()}")
+        if on_batch is not None:
+            step = getattr(trainer_state, "global_step", None)
+            on_batch(RewardCall(batch, heads, scores, r_mask.sum(1), step, seconds))
+        return [float(s) for s in scores]
+
+    reward.__name__ = reward.__qualname__ = name
+    return reward
+
+
+# ------------------------------------------------------------------------- positions and logging
+
+
+def count_positions_from_first_token(model: nn.Module) -> torch.utils.hooks.RemovableHandle | None:
+    """Make calls of `model` without ``position_ids`` count positions from each row's first
+    attended token, (attention_mask.cumsum(-1) - 1).clamp(min=0), as ``generate`` does.
+
+    Returns the hook's handle, or None for a model whose forward takes no ``position_ids``.
+    """
+    if "position_ids" not in inspect.signature(type(model).forward).parameters:
+        return None
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        mask = kwargs.get("attention_mask")
+        if mask is None or mask.dim() != 2 or kwargs.get("position_ids") is not None:
+            return None
+        kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        return args, kwargs
+
+    return model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+# TRL log key -> table column; with num_iterations > 1 these are of the rollout's first update
+_FROM_TRL_LOG = {"entropy": "entropy", "grad_norm": "grad_norm", "step_time": "step_seconds"}
+
+
+class StepTable(TrainerCallback):
+    """The per-rollout table: a row per reward call (proxy, heads, gold on the same completions),
+    completed by the TRL log that follows it (KL, entropy, gradient norm)."""
+
+    def __init__(
+        self,
+        variant: str,
+        seed: int,
+        gold: GoldReward,
+        lr: Callable[[int], float],
+        steps: int,
+        progress: bool = True,
+    ):
+        self.variant, self.seed, self.gold, self.lr = variant, seed, gold, lr
+        self.rows: list[dict[str, Any]] = []
+        # our bar, not TRL's: its ProgressCallback writes every log dict under the bar
+        self.bar = tqdm(
+            total=steps, desc=f"rloo {variant} s{seed}", disable=not progress, mininterval=2.0
+        )
+
+    def on_batch(self, call: RewardCall) -> None:
+        b, heads = call.batch, call.heads
+        g = self.gold.score(b.prompts, b.texts, b.finished)
+        row: dict[str, Any] = {
+            "variant": self.variant,
+            "seed": self.seed,
+            "step": len(self.rows),
+            "kl": math.nan,
+            "kl_per_token": math.nan,
+            "proxy": call.scores.mean().item(),
+            "head_std": heads.std(0, unbiased=False).mean().item() if heads.shape[0] > 1 else 0.0,
+            "gold": float(g.total.mean()),
+        }
+        row.update({f"gold_{k}": float(v.mean()) for k, v in g.contributions.items()})
+        row.update({f"proxy_head{h}": heads[h].mean().item() for h in range(heads.shape[0])})
+        row.update(
+            response_length=call.response_length.float().mean().item(),
+            finished=float(np.mean(b.finished)),
+            entropy=math.nan,
+            grad_norm=math.nan,
+            lr=self.lr(call.step or 0),
+            step_seconds=math.nan,
+            score_seconds=call.seconds,
+        )
+        self.rows.append(row)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **_: Any):
+        if not logs or "kl" not in logs:  # a log without a rollout (num_iterations > 1, the end)
+            return
+        if not self.rows or not math.isnan(self.rows[-1]["kl"]):
+            raise RuntimeError("TRL logged a KL without a new reward call: the table is misaligned")
+        row = self.rows[-1]
+        if not math.isclose(logs["reward"], row["proxy"], rel_tol=1e-4, abs_tol=1e-5):
+            raise RuntimeError(
+                f"TRL logged reward {logs['reward']} for a batch whose proxy is {row['proxy']}"
+            )
+        row["kl_per_token"] = float(logs["kl"])
+        row["kl"] = float(logs["kl"]) * row["response_length"]
+        for key, name in _FROM_TRL_LOG.items():
+            if logs.get(key) is not None:
+                row[name] = float(logs[key])
+        for name in ("kl", "proxy", "gold"):
+            if not math.isfinite(row[name]):
+                raise FloatingPointError(f"RLOO rollout {row['step']}: {name} is {row[name]}")
+        self.bar.update(1)
+        self.bar.set_postfix(
+            kl=f"{row['kl']:.2f}",
+            proxy=f"{row['proxy']:.2f}",
+            gold=f"{row['gold']:.2f}",
+            refresh=False,
+        )
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **_: Any):
+        self.bar.close()
+
+
+# ---------------------------------------------------------------------------------------- driver
+
+
+def train_rloo(
+    params: Params,
+    variant: str,
+    seed: int,
+    world_dir: str | Path,
+    rm_root: str | Path,
+    run_dir: str | Path,
+    progress: bool = True,
+    steps: int | None = None,
+    cfg: RLOOConfig | None = None,
+) -> pd.DataFrame:
+    """RLOO (TRL) of the SFT policy against `variant`'s reward; returns the per-rollout table.
+
+    Columns: variant, seed, step, kl (nats per response), kl_per_token (TRL's log), proxy, head_std,
+    proxy_head<h>, gold, gold_<component>, response_length, finished, entropy, grad_norm, lr,
+    step_seconds, score_seconds. `cfg` defaults to ``params.rloo``; `steps` overrides ``cfg.steps``. The trained policy and its tokenizer are
+    saved to ``run_dir/policy``; TRL's output directory is ``run_dir/trl``. No resuming: a killed
+    run starts again.
+    """
+    from datasets import Dataset  # imported here: TRL and datasets take seconds to import
+    from trl import RLOOConfig as TRLRLOOConfig
+    from trl import RLOOTrainer
+
+    if cfg is None:
+        cfg = params.rloo
+    if steps is not None:
+        cfg = dataclasses.replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps - 1))
+    torch.set_num_threads(params.run.threads)
+    world, run_dir = Path(world_dir), Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(str(world / "policy"), "world policy")
+    policy = AutoModelForCausalLM.from_pretrained(world / "policy")
+    gold = make_gold(params)
+    reward_fn, method = variant_reward_fn(params, variant, seed, tokenizer, rm_root, gold)
+    prompts = read_table(world / "prompts.parquet", "the world stage")
+    rl = prompts.loc[prompts["split"] == "rl", "prompt"].tolist()
+    template, sampling = params.sources.prompt_template, params.sampling
+
+    # 1. per-head normalisation on SFT samples, exactly as the PPO stage fits it
+    normaliser = _sft_normaliser(
+        reward_fn, policy.eval(), tokenizer, rl, template, sampling, params.ppo.n_norm_samples,
+        _seed(params.run.seed, seed, SEED_NORMALISER), params.ppo.normalise,
+    )  # fmt: skip
+
+    # 2. the reward TRL optimises, and the table that logs gold beside it
+    total = cfg.steps * cfg.num_iterations  # optimiser steps
+
+    def lr_at(opt_step: int) -> float:
+        return warmup_cosine(opt_step, total, cfg.warmup_steps, cfg.lr)
+
+    table = StepTable(variant, seed, gold, lr_at, cfg.steps, progress)
+    reward = make_reward_callable(
+        reward_fn, normaliser, method, params.reward.uwo_lambda, tokenizer, template,
+        on_batch=table.on_batch, name=variant,
+    )  # fmt: skip
+
+    # 3. TRL's RLOO on CPU: one rollout of prompts_per_step x num_generations completions per
+    # num_iterations optimiser steps; Adam and the warm-up + cosine schedule of our PPO
+    args = TRLRLOOConfig(
+        output_dir=str(run_dir / "trl"),
+        report_to=[],
+        push_to_hub=False,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        activation_checkpointing=False,  # TRL 1.16 turns it on by default (as gradient_checkpointing)
+        seed=_seed(params.run.seed, seed, SEED_TRL) % 2**31,
+        max_steps=total,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=1,
+        steps_per_generation=1,
+        num_generations=cfg.num_generations,
+        num_iterations=cfg.num_iterations,
+        max_completion_length=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        max_grad_norm=cfg.grad_clip,
+        normalize_advantages=cfg.normalize_advantages,
+        disable_dropout=True,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        disable_tqdm=True,
+        log_level="warning",
+    )
+    opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s) / cfg.lr)
+    trainer = RLOOTrainer(
+        model=policy.train(),
+        reward_funcs=reward,
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": format_queries(rl, template)}),
+        processing_class=tokenizer,
+        callbacks=[table],
+        optimizers=(opt, schedule),
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; `table` shows a bar
+    for model in (trainer.model, trainer.ref_model):
+        count_positions_from_first_token(model)
+    with warnings.catch_warnings():  # TRL 1.16 reads an attribute that transformers 5 deprecates
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+        trainer.train()
+
+    # 4. the trained policy, for evaluation by later stages
+    with atomic_path(run_dir / "policy") as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    rows = [r for r in table.rows if not math.isnan(r["kl"])]
+    if len(rows) != cfg.steps:
+        raise RuntimeError(f"RLOO: {len(rows)} complete rows for {cfg.steps} rollouts")
+    return pd.DataFrame(rows)
