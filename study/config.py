@@ -434,13 +434,13 @@ VARIANTS = (
 
 @dataclass(frozen=True)
 class PPOConfig:
-    steps: int = _f(150, "PPO steps (one rollout batch and its updates each).")
+    steps: int = _f(60, "PPO steps (one rollout batch and its updates each).")
     batch_size: int = _f(64, "Prompts per rollout (one response each).")
     ppo_epochs: int = _f(4, "Passes over each rollout batch.")
     minibatches: int = _f(2, "Minibatches per pass; batch_size must divide into them.")
     lr: float = _f(1e-4, "Peak Adam learning rate of the policy.")
     value_lr: float = _f(1e-4, "Peak Adam learning rate of the critic.")
-    warmup_steps: int = _f(5, "Linear warm-up steps, then cosine decay to 10%.")
+    warmup_steps: int = _f(3, "Linear warm-up steps, then cosine decay to 10%.")
     kl_coef: float = _f(0.02, "beta: weight of the per-token KL penalty in the shaped reward.")
     adaptive_kl: bool = _f(False, "Adapt beta towards kl_target (Ziegler et al.).")
     kl_target: float = _f(6.0, "Target KL (nats per response) of the adaptive controller.")
@@ -457,8 +457,8 @@ class PPOConfig:
         "Per-head normalisation of proxy rewards before aggregating: 'sft_zscore' (mean 0, std 1 on SFT samples of the RL prompts) or 'none'.",
     )
     n_norm_samples: int = _f(256, "SFT samples used to normalise the heads.")
-    eval_every: int = _f(10, "Steps between evaluations on the held-out prompts.")
-    checkpoint_every: int = _f(25, "Steps between checkpoints (resume restarts from the last).")
+    eval_every: int = _f(5, "Steps between evaluations on the held-out prompts.")
+    checkpoint_every: int = _f(10, "Steps between checkpoints (resume restarts from the last).")
 
     def __post_init__(self) -> None:
         _check(
@@ -586,6 +586,26 @@ class RLOOConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    kl_levels: list[float] = _f(
+        [2.0, 5.0, 10.0, 20.0],
+        "KL levels (nats) at which variants' gold is compared on the gold-vs-KL frontier (matched KL); a run that never reaches a level has no value there.",
+    )
+    min_gain_lost: float = _f(
+        0.25,
+        "Overoptimisation, as counted in the report: after its peak, gold loses at least this share of its gain while the proxy ends above its value at the peak.",
+    )
+
+    def __post_init__(self) -> None:
+        _check(
+            len(self.kl_levels) >= 1 and all(k > 0 for k in self.kl_levels),
+            "report.kl_levels",
+            "must list KL levels > 0",
+        )
+        _check(0 < self.min_gain_lost <= 1, "report.min_gain_lost", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
 class Params:
     """One resolved profile: every section of `params.yaml`."""
 
@@ -602,6 +622,7 @@ class Params:
     ppo: PPOConfig
     bon: BoNConfig
     rloo: RLOOConfig
+    report: ReportConfig
 
     def __post_init__(self) -> None:
         _check(

@@ -1,8 +1,7 @@
 """PPO against an aggregated proxy reward: the driver over the pure functions of `study.ppo`.
 
-Work in progress for the optimisation issue: rollout, scoring, KL shaping, GAE and the clipped
-updates are here and tested at toy size; the stage notebook, variants grid, best-of-n and the TRL
-comparison are not yet written.
+`run_ppo_stage` is one cell of the optimisation grid (a variant of the reward, a seed), run by the
+`ppo_*` DVC stages through `notebooks/03_optimise.ipynb`.
 
 Value model: a **separate critic** (the SFT backbone plus a scalar head per token), not a value
 head on the policy: with a shared trunk the value loss pulls the policy's features, and on a
@@ -621,14 +620,14 @@ def train_ppo(
             _seed(params.run.seed, seed, 3, step),
         )
         t_sampled = time.perf_counter()
-        # 3-6. score, log-probs, values, KL shaping, GAE
         timer = _Timer(reward_fn)
-        ro = make_rollout(
-            policy, ref, critic, timer, normaliser, samples, batch, method,
-            params.reward.uwo_lambda, beta, cfg.gamma, cfg.lam, sampling.temperature,
-        )  # fmt: skip
-        # 7. PPO epochs
         try:
+            # 3-6. score, log-probs, values, KL shaping, GAE
+            ro = make_rollout(
+                policy, ref, critic, timer, normaliser, samples, batch, method,
+                params.reward.uwo_lambda, beta, cfg.gamma, cfg.lam, sampling.temperature,
+            )  # fmt: skip
+            # 7. PPO epochs
             stats = ppo_update(
                 policy, critic, opt_p, opt_v, ro, cfg.ppo_epochs, cfg.minibatches, cfg.cliprange,
                 cfg.cliprange_value, cfg.vf_coef, cfg.grad_clip, cfg.whiten_advantages,

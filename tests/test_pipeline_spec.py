@@ -48,3 +48,42 @@ def test_notebook_parameter_cells_hold_selectors_only():
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         extra = set(notebook_parameters(nb.name)) - allowed
         assert not extra, f"{nb.name}: parameters cell holds {sorted(extra)}"
+
+
+def ppo_grid() -> set[tuple[str, int]]:
+    """(variant, seed) of every PPO stage the ppo_* matrices generate."""
+    grid = set()
+    for name, stage in DVC.items():
+        if not name.startswith("ppo_") or "matrix" not in stage:
+            continue
+        family = name.removeprefix("ppo_")
+        for seed in stage["matrix"]["seed"]:
+            for agg in stage["matrix"].get("agg", [None]):
+                grid.add((f"{family}_{agg}" if agg else family, seed))
+    return grid
+
+
+def test_the_ppo_summary_reads_exactly_the_ppo_grid():
+    params = notebook_parameters("05_ppo_summary.ipynb")
+    expected = {(v, s) for v in params["variants"] for s in params["seeds"]}
+    assert expected == ppo_grid()
+    assert {f"results/ppo/{v}/seed{s}" for v, s in expected} <= set(DVC["ppo_summary"]["deps"])
+
+
+def test_every_ppo_stage_reads_the_reward_models_of_its_own_family_and_seed():
+    for name, stage in DVC.items():
+        if not name.startswith("ppo_") or "matrix" not in stage:
+            continue
+        rm_deps = [d for d in stage["deps"] if d.startswith("artifacts/rm/")]
+        family = name.removeprefix("ppo_")
+        assert rm_deps == (
+            [] if family == "gold" else [f"artifacts/rm/{family}/seed${{item.seed}}"]
+        )
+
+
+def test_best_of_n_reads_exactly_the_reward_model_matrix():
+    matrix = DVC["rm"]["matrix"]
+    params = notebook_parameters("04_best_of_n.ipynb")
+    assert params["families"] == matrix["family"] and params["seeds"] == matrix["seed"]
+    expected = {f"artifacts/rm/{f}/seed{s}" for f in matrix["family"] for s in matrix["seed"]}
+    assert expected <= set(DVC["bon"]["deps"])

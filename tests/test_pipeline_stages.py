@@ -1,19 +1,27 @@
-"""The reward-model stages at smoke scale under DVC: every output made, tables tidy, reruns idle."""
+"""The whole pipeline at smoke scale under DVC (world, reward models, PPO grid, best-of-n, summary):
+every output made, tables tidy, a second run idle, figure stages clear about bad input."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
+from study.bon import bon_kl
+from study.config import VARIANTS
+from study.ppo_train import LOG_KEYS
 from study.reward_models import load_reward_model
 from tests.conftest import ROOT
+from tests.test_pipeline_spec import ppo_grid
 from tests.test_world_stage import _copy_project
 
 pytestmark = pytest.mark.slow
@@ -32,11 +40,11 @@ def project(tmp_path_factory):
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "CI": "true"}
 
     def run(*cmd: str) -> subprocess.CompletedProcess:
-        return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
+        return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=3000)
 
     assert run("git", "init", "-q").returncode == 0
     assert run("dvc", "init", "-q").returncode == 0
-    result = run("dvc", "repro", "rm_eval", "rm_cost", "rm_diversity")
+    result = run("dvc", "repro")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root, run
 
@@ -92,14 +100,14 @@ def test_tables_are_tidy(project):
 
 def test_a_second_repro_runs_nothing_and_notebooks_open_read_only(project):
     root, run = project
-    status = run("dvc", "status", "rm_eval", "rm_cost", "rm_diversity")
+    status = run("dvc", "status")
     assert "up to date" in status.stdout, status.stdout
     for nb in ("02_reward_models", "02c_rm_evaluation"):
         opened = run(
             "papermill", f"notebooks/{nb}.ipynb", str(root / f"{nb}.read.ipynb"), "--cwd", "."
         )
         assert opened.returncode == 0, opened.stderr[-3000:]
-    status = run("dvc", "status", "rm_eval", "rm_cost", "rm_diversity")
+    status = run("dvc", "status")
     assert "up to date" in status.stdout, status.stdout
 
 
@@ -123,3 +131,94 @@ def test_toy_ppo_on_the_smoke_world_resumes_to_the_same_tables(project, tmp_path
     pd.testing.assert_frame_equal(log.drop(columns=timing), whole_log.drop(columns=timing))
     pd.testing.assert_frame_equal(evals, whole_eval)
     pd.testing.assert_frame_equal(resumed.eval_samples, whole.eval_samples)
+
+
+def test_every_ppo_run_and_the_summary_are_written(project):
+    root, _ = project
+    grid = ppo_grid()
+    assert len(grid) == 24
+    for variant, seed in grid:
+        d = root / f"results/ppo/{variant}/seed{seed}"
+        log = pd.read_parquet(d / "log.parquet")
+        assert set(LOG_KEYS) <= set(log.columns) and len(log) == 6  # smoke: ppo.steps = 6
+        assert np.isfinite(log[["kl", "proxy", "gold", "pg_loss", "vf_loss"]].to_numpy()).all()
+        assert (log["variant"] == variant).all() and (log["seed"] == seed).all()
+        samples = pd.read_parquet(d / "eval_samples.parquet")
+        assert set(samples["step"]) == {0, 2, 4, 6} and samples["response"].map(len).gt(0).any()
+        assert (root / f"artifacts/ppo/{variant}/seed{seed}/policy/model.safetensors").exists()
+        assert not (root / f"artifacts/checkpoints/ppo/{variant}/seed{seed}/checkpoint.pt").exists()
+    for rel in (
+        "figures/ppo_gold_vs_kl.png",
+        "figures/ppo_gold_summary.png",
+        "figures/ppo_head_spread.png",
+        "figures/bon_gold_proxy.png",
+        "reports/05_ppo_summary.html",
+        "reports/04_best_of_n.html",
+        "reports/03_optimise_multihead_min_s0.html",
+    ):
+        assert (root / rel).stat().st_size > 0, rel
+    runs = pd.read_csv(root / "results/ppo/runs.csv")
+    assert {(v, s) for v, s in zip(runs["variant"], runs["seed"], strict=True)} == grid
+    metrics = json.loads((root / "results/ppo/metrics.json").read_text())
+    assert "single.gold_peak" in metrics and "multihead_min.overoptimised_runs" in metrics
+
+
+def test_best_of_n_curves_cover_every_variant(project):
+    root, _ = project
+    curves = pd.read_parquet(root / "results/bon/curves.parquet")
+    assert set(curves["variant"]) == set(VARIANTS)
+    assert sorted(set(curves["n"])) == [1, 2, 4, 8, 16]  # smoke: bon.n_samples = 16
+    for n, g in curves.groupby("n"):
+        assert np.allclose(g["kl"], bon_kl(n))
+    # n = 1 is a uniform draw: every variant has the same expected gold
+    assert np.allclose(
+        curves.loc[curves["n"] == 1, "gold"], curves.loc[curves["n"] == 1, "gold"].iloc[0]
+    )
+
+
+def test_the_summary_names_a_missing_column(project, tmp_path):
+    root, run = project
+    shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(root / "results/ppo", tmp_path / "results/ppo")
+    broken = tmp_path / "results/ppo/single/seed0/evals.parquet"
+    pd.read_parquet(broken).drop(columns=["proxy"]).to_parquet(broken)
+    out = run(
+        "papermill", str(root / "notebooks/05_ppo_summary.ipynb"), str(tmp_path / "out.ipynb"),
+        "--cwd", str(tmp_path),
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "missing column(s) proxy" in out.stderr + out.stdout
+    assert not (tmp_path / "figures").exists()  # nothing half-written
+
+
+def test_a_non_finite_reward_stops_ppo_naming_the_step_and_keeps_the_checkpoint(
+    project, tmp_path, monkeypatch
+):
+    import study.ppo_train as ppo_train
+    from study.config import load_params
+
+    root, _ = project
+    params = load_params(root / "params.yaml", "smoke")
+    real = ppo_train.variant_reward_fn
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        fn, method = real(*args, **kwargs)
+
+        def reward(batch):
+            calls["n"] += 1
+            r = fn(batch)
+            # calls: 1 normaliser, 2 eval at 0, 3-4 steps 0-1, 5 eval at 2, 6-7 steps 2-3,
+            # 8 eval at 4, 9 step 4
+            return r * float("nan") if calls["n"] >= 9 else r
+
+        return reward, method
+
+    monkeypatch.setattr(ppo_train, "variant_reward_fn", poisoned)
+    with pytest.raises(FloatingPointError, match=r"PPO step 4: .*not finite"):
+        ppo_train.train_ppo(
+            params, "single", 0, root / "artifacts/world", root / "artifacts/rm", tmp_path,
+            progress=False,
+        )  # fmt: skip
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 3 and len(state["rows"]) == 4  # the last good checkpoint (after step 3)
