@@ -27,6 +27,7 @@ def notebook_parameters(name: str) -> dict:
 
 def test_every_stage_runs_a_notebook_it_declares():
     for name, stage in DVC.items():
+        stage = stage.get("do", stage)  # a foreach stage's template
         notebooks = re.findall(r"papermill (notebooks/\S+\.ipynb)", stage["cmd"])
         assert notebooks, f"stage {name} runs no notebook"
         assert notebooks[0] in stage["deps"], f"stage {name} does not declare {notebooks[0]}"
