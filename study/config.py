@@ -450,6 +450,9 @@ class PPOConfig:
     cliprange: float = _f(0.2, "Policy ratio clip.")
     cliprange_value: float = _f(0.2, "Value clip around the rollout's values.")
     vf_coef: float = _f(0.1, "Weight of the value loss (separate critic: scales its gradient).")
+    ent_coef: float = _f(
+        0.0, "Weight of the entropy bonus in the policy loss (0: none, as lm-human-preferences)."
+    )
     grad_clip: float = _f(1.0, "Gradient-norm clip of policy and critic.")
     whiten_advantages: bool = _f(True, "Whiten advantages over each minibatch's response tokens.")
     normalise: str = _f(
@@ -498,6 +501,7 @@ class PPOConfig:
             "ppo.vf_coef",
             "vf_coef and grad_clip must be > 0",
         )
+        _check(self.ent_coef >= 0, "ppo.ent_coef", "must be >= 0")
         _check(
             self.normalise in ("sft_zscore", "none"),
             "ppo.normalise",
@@ -535,7 +539,7 @@ class RLOOConfig:
     two optimisers of a variant sample alike and optimise the same reward.
     """
 
-    steps: int = _f(150, "Rollouts: generation batches, each followed by num_iterations updates.")
+    steps: int = _f(60, "Rollouts: generation batches, each followed by num_iterations updates.")
     prompts_per_step: int = _f(16, "Distinct RL prompts per rollout.")
     num_generations: int = _f(
         4,
@@ -544,8 +548,8 @@ class RLOOConfig:
     num_iterations: int = _f(
         1, "Optimiser steps per rollout (mu); above 1 the sequence ratios are clipped at epsilon."
     )
-    lr: float = _f(1e-4, "Peak Adam learning rate (warm-up, then cosine decay to 10%, as PPO).")
-    warmup_steps: int = _f(5, "Linear warm-up, in optimiser steps.")
+    lr: float = _f(3e-4, "Peak Adam learning rate (warm-up, then cosine decay to 10%, as PPO).")
+    warmup_steps: int = _f(3, "Linear warm-up, in optimiser steps.")
     beta: float = _f(
         0.02,
         "KL coefficient: beta * (summed k1 KL to the SFT policy) is subtracted from each reward, as ppo.kl_coef.",

@@ -254,12 +254,18 @@ def ppo_update(
     whiten_advantages: bool,
     temperature: float,
     generator: torch.Generator,
+    ent_coef: float = 0.0,
 ) -> dict[str, float]:
-    """Step 7: PPO epochs over shuffled minibatches; returns the mean losses and clip fractions."""
+    """Step 7: PPO epochs over shuffled minibatches; returns the mean losses and clip fractions.
+
+    Loss per minibatch: pg_loss + vf_coef * vf_loss - ent_coef * (mean entropy of the policy
+    over response tokens); with a separate critic vf_coef only scales the critic's gradient.
+    """
     b = ro.response_ids.shape[0]
     size = b // minibatches
     stats: dict[str, list[float]] = {
-        k: [] for k in ("pg_loss", "vf_loss", "pg_clipfrac", "vf_clipfrac", "approx_kl")
+        k: []
+        for k in ("pg_loss", "vf_loss", "entropy_loss", "pg_clipfrac", "vf_clipfrac", "approx_kl")
     }
     policy.train()
     critic.train()
@@ -273,7 +279,7 @@ def ppo_update(
                 adv = whiten(adv, mask)
             new = policy_forward(
                 policy, ro.query_ids[idx], ro.query_mask[idx], ro.response_ids[idx],
-                ro.response_mask[idx], temperature,
+                ro.response_mask[idx], temperature, with_entropy=ent_coef > 0,
             )  # fmt: skip
             pg_loss, pg_clipfrac = ppo_policy_loss(
                 new.logprobs, ro.logprobs[idx], adv, mask, cliprange
@@ -293,14 +299,18 @@ def ppo_update(
                     raise FloatingPointError(f"PPO: {name} is {loss.item()}")
             opt_policy.zero_grad(set_to_none=True)
             opt_value.zero_grad(set_to_none=True)
-            (pg_loss + vf_coef * vf_loss).backward()
+            entropy_loss = (
+                -masked_mean(new.entropy, mask) if new.entropy is not None else torch.zeros(())
+            )
+            (pg_loss + vf_coef * vf_loss + ent_coef * entropy_loss).backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
             torch.nn.utils.clip_grad_norm_(critic.parameters(), grad_clip)
             opt_policy.step()
             opt_value.step()
             with torch.no_grad():
                 approx_kl = masked_mean(0.5 * (new.logprobs - ro.logprobs[idx]) ** 2, mask)
-            for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("pg_clipfrac", pg_clipfrac),
+            for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("entropy_loss", entropy_loss),
+                         ("pg_clipfrac", pg_clipfrac),
                          ("vf_clipfrac", vf_clipfrac), ("approx_kl", approx_kl)):  # fmt: skip
                 stats[k].append(float(v.detach()))
     policy.eval()
@@ -632,7 +642,7 @@ def train_ppo(
                 policy, critic, opt_p, opt_v, ro, cfg.ppo_epochs, cfg.minibatches, cfg.cliprange,
                 cfg.cliprange_value, cfg.vf_coef, cfg.grad_clip, cfg.whiten_advantages,
                 sampling.temperature,
-                torch.Generator().manual_seed(_seed(params.run.seed, seed, 5, step)),
+                torch.Generator().manual_seed(_seed(params.run.seed, seed, 5, step)), cfg.ent_coef,
             )  # fmt: skip
         except FloatingPointError as e:
             raise FloatingPointError(

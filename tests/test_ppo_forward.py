@@ -86,9 +86,13 @@ def test_a_toy_ppo_run_keeps_losses_finite_and_changes_the_weights(tokenizer):
         )  # fmt: skip
         assert ro.head_rewards.shape == (3, 16) and ro.advantages.shape == ro.response_mask.shape
         stats = ppo_update(
-            policy, critic, opt_p, opt_v, ro, 2, 2, 0.2, 0.2, 0.1, 1.0, True, 1.0, gen
-        )
+            policy, critic, opt_p, opt_v, ro, 2, 2, 0.2, 0.2, 0.1, 1.0, True, 1.0, gen,
+            ent_coef=0.01 * step,
+        )  # fmt: skip
         assert all(torch.isfinite(torch.tensor(v)) for v in stats.values()), stats
+        # the entropy term enters only when asked for, as minus the mean token entropy
+        assert (stats["entropy_loss"] == 0.0) == (step == 0)
+        assert step == 0 or -stats["entropy_loss"] > 0
     changed = [k for k, v in policy.state_dict().items() if not torch.equal(v, before[k])]
     assert changed
     assert all(torch.equal(v, before[k]) for k, v in ref.state_dict().items())
