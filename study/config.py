@@ -20,6 +20,7 @@ import dataclasses
 import sys
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -600,6 +601,15 @@ class ReportConfig:
         "Overoptimisation, as counted in the report: after its peak, gold loses at least this share of its gain while the proxy ends above its value at the peak.",
     )
 
+    claims_kl: float = _f(
+        5.0,
+        "The matched-KL level (one of kl_levels) at which the claims table compares variants' gold.",
+    )
+    equivalence_margin: float = _f(
+        0.2,
+        "Claims of parity ('as good as'): supported when the 95% interval of the difference in gold lies within ± this margin (0.2 is about a third of the SFT policy's per-response gold standard deviation), not supported when it lies wholly outside.",
+    )
+
     def __post_init__(self) -> None:
         _check(
             len(self.kl_levels) >= 1 and all(k > 0 for k in self.kl_levels),
@@ -607,6 +617,12 @@ class ReportConfig:
             "must list KL levels > 0",
         )
         _check(0 < self.min_gain_lost <= 1, "report.min_gain_lost", "must be in (0, 1]")
+        _check(
+            self.claims_kl in self.kl_levels,
+            "report.claims_kl",
+            f"must be one of report.kl_levels {list(self.kl_levels)}",
+        )
+        _check(self.equivalence_margin > 0, "report.equivalence_margin", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -660,6 +676,21 @@ def with_override(cfg: Any, option: str, where: str = "option") -> Any:
     except ConfigError as e:
         raise ConfigError(f"{where} {option!r}: {e}") from None
 
+
+
+def with_overrides(params: Params, options: Sequence[str], where: str = "overrides") -> Params:
+    """`params` with 'section.key=value' overrides applied in order, each checked like params.yaml
+    (an ablation stage's one change: `reward.k=8`, `reward.epochs_multihead=3`)."""
+    for option in options:
+        section, dot, rest = option.partition(".")
+        if not dot or section not in SECTIONS:
+            raise ConfigError(
+                f"{where}: {option!r} is not 'section.key=value' with a section of params.yaml "
+                f"({', '.join(SECTIONS)})"
+            )
+        cfg = with_override(getattr(params, section), rest, f"{where} ({section})")
+        params = dataclasses.replace(params, **{section: cfg})
+    return params
 
 # ------------------------------------------------------------------------------------- validation
 
