@@ -1,0 +1,282 @@
+"""The claims table: each claim of Ahmed et al. (and of Coste et al. where it bears), what the runs
+measured, and a verdict read off the numbers by a fixed rule.
+
+Verdicts, for a difference d = a − b over seeds with its 95% Welch interval [lo, hi]:
+
+- a claim that a is **better** than b: *supported* when lo > 0, *not supported* when hi < 0
+  (the interval says the opposite), *inconclusive* otherwise;
+- a claim that a is **as good as** b (parity within `margin`): *supported* when [lo, hi] lies
+  within ±margin, *not supported* when it lies wholly outside (|d| is surely larger than the
+  margin), *inconclusive* otherwise;
+- with fewer than two values on a side there is no interval: *inconclusive (n = 1)*, with the
+  numbers still shown.
+
+The rules are fixed before any run is read; nothing here knows what the paper found.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from study.stats import t975
+
+SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
+
+
+def _values(x: Sequence[float]) -> np.ndarray:
+    a = np.asarray(list(x), np.float64)
+    return a[np.isfinite(a)]
+
+
+def welch_diff(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """mean(a) − mean(b), the half-width of its 95% Welch interval and the Welch–Satterthwaite
+    degrees of freedom (floored for the t quantile: a slightly wider, conservative interval).
+    NaN values are dropped; the half-width is NaN when either side has fewer than 2 values."""
+    a, b = _values(a), _values(b)
+    if len(a) == 0 or len(b) == 0:
+        return float("nan"), float("nan"), float("nan")
+    diff = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return diff, float("nan"), float("nan")
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, 0.0, float(len(a) + len(b) - 2)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return diff, t975(max(1, math.floor(df))) * se, float(df)
+
+
+def verdict_better(diff: float, half_width: float) -> str:
+    """Claim: a > b (diff = a − b)."""
+    if not math.isfinite(diff) or not math.isfinite(half_width):
+        return INCONCLUSIVE
+    if diff - half_width > 0:
+        return SUPPORTED
+    if diff + half_width < 0:
+        return NOT_SUPPORTED
+    return INCONCLUSIVE
+
+
+def verdict_parity(diff: float, half_width: float, margin: float) -> str:
+    """Claim: |a − b| < margin."""
+    if not math.isfinite(diff) or not math.isfinite(half_width):
+        return INCONCLUSIVE
+    lo, hi = diff - half_width, diff + half_width
+    if -margin < lo and hi < margin:
+        return SUPPORTED
+    if lo > margin or hi < -margin:
+        return NOT_SUPPORTED
+    return INCONCLUSIVE
+
+
+def verdict_count(k: int, n: int) -> str:
+    """Claim: an effect shows in most runs. Supported for at least 2/3 of the runs, not supported
+    for none, inconclusive between."""
+    if n == 0:
+        return INCONCLUSIVE
+    if 3 * k >= 2 * n:
+        return SUPPORTED
+    return NOT_SUPPORTED if k == 0 else INCONCLUSIVE
+
+
+@dataclass
+class Claim:
+    claim: str
+    source: str
+    measure: str
+    measured: str
+    seeds: str
+    verdict: str
+
+
+def _mean_str(x: np.ndarray) -> str:
+    return f"{x.mean():.2f}" if len(x) else "n/a"
+
+
+def compare(
+    claim: str, source: str, measure: str, a_name: str, a: Sequence[float],
+    b_name: str, b: Sequence[float], kind: str = "better", margin: float = 0.0, digits: int = 2,
+) -> Claim:  # fmt: skip
+    """One row of the table comparing a against b (`kind` 'better', 'worse' or 'parity')."""
+    va, vb = _values(a), _values(b)
+    diff, hw, _ = welch_diff(va, vb)
+    if kind == "better":
+        verdict = verdict_better(diff, hw)
+    elif kind == "worse":  # a claim that a is lower than b (a lower ECE, a smaller cost)
+        verdict = verdict_better(-diff, hw)
+    elif kind == "parity":
+        verdict = verdict_parity(diff, hw, margin)
+    else:
+        raise ValueError(f"kind must be 'better', 'worse' or 'parity', got {kind!r}")
+    interval = f" ± {hw:.{digits}f}" if math.isfinite(hw) else " (no interval)"
+    measured = (
+        f"{a_name} {_mean_str(va)} vs {b_name} {_mean_str(vb)}: "
+        f"difference {diff:+.{digits}f}{interval}"
+        + (f" (margin ±{margin:g})" if kind == "parity" else "")
+    )
+    n = min(len(va), len(vb))
+    if n < 2 and verdict == INCONCLUSIVE:
+        verdict = f"{INCONCLUSIVE} (n = {n})"
+    seeds = f"{len(va)} vs {len(vb)}" if len(va) != len(vb) else str(len(va))
+    return Claim(claim, source, measure, measured, seeds, verdict)
+
+
+def table(claims: Sequence[Claim]) -> pd.DataFrame:
+    return pd.DataFrame([asdict(c) for c in claims])
+
+
+def runs_of(runs: pd.DataFrame, variant: str, column: str) -> np.ndarray:
+    """One value per seed of `column` for `variant` in a `study.analysis.run_summaries` table."""
+    if column not in runs.columns:
+        raise KeyError(f"runs table: missing column {column} (has {', '.join(runs.columns)})")
+    return runs.loc[runs["variant"] == variant, column].to_numpy(np.float64)
+
+
+def bon_turnover(curves: pd.DataFrame, variant: str, n_se: float = 2.0) -> tuple[int, int, str]:
+    """Seeds whose best-of-n gold curve turns over: its gold at the largest n is more than `n_se`
+    standard errors below its peak. Returns (turned, seeds, a description)."""
+    parts, turned = [], 0
+    c = curves[curves["variant"] == variant]
+    for seed, g in c.groupby("seed"):
+        g = g.sort_values("n")
+        peak, last = g.loc[g["gold"].idxmax()], g.iloc[-1]
+        drop = float(peak["gold"] - last["gold"])
+        t = drop > n_se * float(last["gold_se"])
+        turned += t
+        parts.append(
+            f"s{seed}: {peak['gold']:.2f} at n={int(peak['n'])} → {last['gold']:.2f} at "
+            f"n={int(last['n'])} (SE {last['gold_se']:.2f})"
+        )
+    return turned, c["seed"].nunique(), "; ".join(parts)
+
+
+def bon_final(curves: pd.DataFrame, variant: str) -> np.ndarray:
+    """Gold at the largest n of each seed's best-of-n curve."""
+    c = curves[curves["variant"] == variant]
+    return c.loc[c.groupby("seed")["n"].idxmax(), "gold"].to_numpy(np.float64)
+
+
+def build_claims(
+    runs: pd.DataFrame,
+    ece: pd.DataFrame,
+    cost: dict,
+    bon_curves: pd.DataFrame,
+    ablation: pd.DataFrame,
+    claims_kl: float,
+    margin: float,
+) -> pd.DataFrame:
+    """The study's claims table from the stages' outputs: `runs` (results/ppo/runs.parquet),
+    `ece` (results/rm/ece.csv: family, seed, method, target, ece), `cost`
+    (results/rm/cost_metrics.json), `bon_curves` (results/bon/curves.parquet) and `ablation`
+    (results/ablation/summary.parquet). A missing column raises a KeyError naming it."""
+    from study.analysis import require_columns
+
+    at = f"gold_at_kl{claims_kl:g}"
+    require_columns(
+        runs, ("variant", "seed", "overoptimised", "gold_final", at), "results/ppo/runs.parquet"
+    )
+    require_columns(ece, ("family", "seed", "method", "target", "ece"), "results/rm/ece.csv")
+    require_columns(bon_curves, ("variant", "seed", "n", "gold", "gold_se"), "bon curves")
+    require_columns(
+        ablation, ("group", "label", "k", "epochs", "gold_final", at), "ablation summary"
+    )
+    for key in ("multihead_train_epoch_x", "ensemble_train_total_x", "multihead_extra_parameters"):
+        if key not in cost:
+            raise KeyError(f"results/rm/cost_metrics.json: missing key {key}")
+    R = lambda v, c: runs_of(runs, v, c)  # noqa: E731
+    gao, coste, ahmed = "Gao et al. 2023", "Coste et al. 2024", "Ahmed et al. 2024"
+    rows: list[Claim] = []
+
+    over = runs.loc[runs["variant"] == "single", "overoptimised"].astype(bool)
+    rows.append(
+        Claim(
+            "Optimising a single proxy overoptimises: gold peaks, then falls while the proxy rises",
+            f"{gao}; {coste}",
+            "PPO runs overoptimised (single)",
+            f"{int(over.sum())} of {len(over)} seeds",
+            str(len(over)),
+            verdict_count(int(over.sum()), len(over)),
+        )
+    )
+    turned, n_bon, desc = bon_turnover(bon_curves, "single")
+    rows.append(
+        Claim(
+            "... also under best-of-n sampling (the gold curve turns over as n grows)",
+            gao,
+            "BoN gold at the largest n more than 2 SE below its peak (single)",
+            f"{turned} of {n_bon} seeds: {desc}",
+            str(n_bon),
+            verdict_count(turned, n_bon),
+        )
+    )
+    for fam, who, claim in (
+        ("ensemble", coste, "An ensemble's minimum mitigates overoptimisation against a single RM"),
+        ("multihead", ahmed, "A multi-head RM's minimum mitigates overoptimisation against a single RM"),
+    ):  # fmt: skip
+        v = f"{fam}_min"
+        rows.append(compare(claim, who, "PPO final gold", v, R(v, "gold_final"),
+                            "single", R("single", "gold_final")))  # fmt: skip
+        rows.append(compare(claim + ", at matched KL", who, f"PPO gold at KL {claims_kl:g}",
+                            v, R(v, at), "single", R("single", at)))  # fmt: skip
+        rows.append(compare(claim + " (best-of-n)", who, "BoN gold at the largest n",
+                            v, bon_final(bon_curves, v), "single", bon_final(bon_curves, "single")))  # fmt: skip
+    claim = "Multi-head min protects as well as a full ensemble's min"
+    for measure, col in (("PPO final gold", "gold_final"), (f"PPO gold at KL {claims_kl:g}", at)):
+        rows.append(compare(claim, ahmed, measure, "multihead_min", R("multihead_min", col),
+                            "ensemble_min", R("ensemble_min", col), "parity", margin))  # fmt: skip
+    rows.append(compare(claim + " (best-of-n)", ahmed, "BoN gold at the largest n",
+                        "multihead_min", bon_final(bon_curves, "multihead_min"),
+                        "ensemble_min", bon_final(bon_curves, "ensemble_min"), "parity", margin))  # fmt: skip
+    ratio = cost["multihead_train_epoch_x"] / cost["ensemble_train_total_x"]
+    rows.append(
+        Claim(
+            "A multi-head RM costs a fraction of a full ensemble to train (1 epoch vs 3, one encoder)",
+            ahmed,
+            "training time relative to a single RM (results/rm/cost_metrics.json)",
+            f"multi-head {cost['multihead_train_epoch_x']:.2f}× vs ensemble "
+            f"{cost['ensemble_train_total_x']:.2f}× (ratio {ratio:.3f}); "
+            f"{cost['multihead_extra_parameters']} extra parameters for the heads",
+            "1 (timing)",
+            SUPPORTED if ratio < 0.5 else NOT_SUPPORTED,
+        )
+    )
+    for fam in ("multihead", "ensemble"):
+        for method in ("mean", "uwo"):
+            rows.append(compare(
+                "The minimum is the better aggregation" if method == "mean"
+                else "UWO (mean − λ·variance) does about as well as the minimum",
+                ahmed if fam == "multihead" else coste, "PPO final gold",
+                f"{fam}_min", R(f"{fam}_min", "gold_final"),
+                f"{fam}_{method}", R(f"{fam}_{method}", "gold_final"),
+                "better" if method == "mean" else "parity", margin,
+            ))  # fmt: skip
+    clean = ece[ece["target"] == "clean"]
+    for fam in ("multihead", "ensemble"):
+        for other in ("mean", "max"):
+            e = clean[clean["family"] == fam]
+            rows.append(compare(
+                "The minimum's uncertainty is better calibrated than the mean's or the max's",
+                ahmed, f"ECE against clean labels ({fam})",
+                "min", e.loc[e["method"] == "min", "ece"], other, e.loc[e["method"] == other, "ece"],
+                "worse", digits=3,
+            ))  # fmt: skip
+    ab = ablation.set_index("label")
+    if {"multihead 1 epoch", "multihead 3 epochs"} <= set(ab.index):
+        rows.append(compare(
+            "One epoch per head is enough (no gain from 3)", ahmed, "PPO final gold (ablation)",
+            "1 epoch", [ab.loc["multihead 1 epoch", "gold_final"]],
+            "3 epochs", [ab.loc["multihead 3 epochs", "gold_final"]], "parity", margin,
+        ))  # fmt: skip
+    heads = ablation[(ablation["group"] == "heads")].sort_values("k")
+    if len(heads) >= 2:
+        lo, hi = heads.iloc[0], heads.iloc[-1]
+        rows.append(compare(
+            "More heads mitigate more", ahmed, f"PPO gold at KL {claims_kl:g} (ablation)",
+            f"K={int(hi['k'])}", [hi[at]], f"K={int(lo['k'])}", [lo[at]],
+        ))  # fmt: skip
+    return table(rows)

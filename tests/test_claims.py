@@ -1,0 +1,153 @@
+"""The claims table's statistics and verdict rules on hand-computed cases, and its errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from study.claims import (
+    INCONCLUSIVE,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    bon_final,
+    bon_turnover,
+    build_claims,
+    compare,
+    verdict_better,
+    verdict_count,
+    verdict_parity,
+    welch_diff,
+)
+from study.config import ConfigError, load_params, with_overrides
+from tests.conftest import ROOT
+
+
+def test_welch_equal_variances_by_hand():
+    # variances 1 and 1, n = 3 each: se = sqrt(1/3 + 1/3), Welch df = (2/3)^2 / (2 (1/3)^2 / 2) = 4
+    diff, hw, df = welch_diff([1, 2, 3], [4, 5, 6])
+    assert diff == -3.0 and df == pytest.approx(4.0)
+    assert hw == pytest.approx(2.776 * math.sqrt(2 / 3))
+    assert verdict_better(diff, hw) == NOT_SUPPORTED
+    assert verdict_better(-diff, hw) == SUPPORTED
+
+
+def test_welch_one_side_without_spread_by_hand():
+    # a: mean 1, variance 3 -> va = 1; b: no spread -> df = n_a - 1 = 2, t = 4.303
+    diff, hw, df = welch_diff([0, 0, 3], [5, 5])
+    assert (diff, df) == (-4.0, pytest.approx(2.0)) and hw == pytest.approx(4.303)
+    assert verdict_better(diff, hw) == INCONCLUSIVE
+
+
+def test_welch_drops_nan_and_has_no_interval_for_one_value():
+    diff, hw, _ = welch_diff([2.0, float("nan")], [1.0, 1.5])
+    assert diff == 0.75 and math.isnan(hw)
+    row = compare("c", "s", "m", "a", [2.0], "b", [1.0, 1.5])
+    assert row.verdict == f"{INCONCLUSIVE} (n = 1)" and "no interval" in row.measured
+
+
+@pytest.mark.parametrize(
+    ("diff", "hw", "verdict"),
+    [(0.05, 0.1, SUPPORTED), (0.5, 0.2, NOT_SUPPORTED), (-0.5, 0.2, NOT_SUPPORTED),
+     (0.15, 0.1, INCONCLUSIVE), (0.0, float("nan"), INCONCLUSIVE)],
+)  # fmt: skip
+def test_parity_rule(diff, hw, verdict):
+    assert verdict_parity(diff, hw, 0.2) == verdict
+
+
+def test_count_rule():
+    assert [verdict_count(k, 3) for k in range(4)] == [
+        NOT_SUPPORTED, INCONCLUSIVE, SUPPORTED, SUPPORTED,
+    ]  # fmt: skip
+
+
+def _curves():
+    rows = []
+    for seed, golds in ((0, [1.0, 2.0, 1.5]), (1, [1.0, 1.1, 1.2])):
+        for n, g in zip((1, 2, 4), golds, strict=True):
+            rows.append({"variant": "single", "seed": seed, "n": n, "gold": g, "gold_se": 0.1})
+    return pd.DataFrame(rows)
+
+
+def test_bon_turnover_and_final_by_hand():
+    turned, n, desc = bon_turnover(_curves(), "single")
+    assert (turned, n) == (1, 2)  # seed 0 drops 0.5 > 2 x 0.1; seed 1 never falls
+    assert "s0: 2.00 at n=2 → 1.50 at n=4" in desc
+    assert list(bon_final(_curves(), "single")) == [1.5, 1.2]
+
+
+def _inputs():
+    variants = ["single", "ensemble_min", "ensemble_mean", "ensemble_uwo",
+                "multihead_min", "multihead_mean", "multihead_uwo"]  # fmt: skip
+    rng = np.random.default_rng(0)
+    runs = pd.DataFrame(
+        [
+            {"variant": v, "seed": s, "overoptimised": v == "single",
+             "gold_final": 1.0 + (v != "single") + 0.01 * rng.normal(),
+             "gold_at_kl5": 2.0 + 0.01 * rng.normal()}
+            for v in variants for s in range(3)
+        ]
+    )  # fmt: skip
+    ece = pd.DataFrame(
+        [
+            {"family": f, "seed": s, "method": m, "target": "clean",
+             "ece": {"min": 0.05, "mean": 0.1, "max": 0.2}[m] + 0.001 * s}
+            for f in ("multihead", "ensemble") for m in ("min", "mean", "max") for s in range(3)
+        ]
+    )  # fmt: skip
+    cost = {"multihead_train_epoch_x": 1.0, "ensemble_train_total_x": 15.0,
+            "multihead_extra_parameters": 516}  # fmt: skip
+    curves = pd.concat([_curves().assign(variant=v) for v in variants], ignore_index=True)
+    ablation = pd.DataFrame(
+        [
+            {"group": "heads", "label": f"K={k}", "k": k, "epochs": 1,
+             "gold_final": 1.0, "gold_at_kl5": 1.0 + 0.1 * k}
+            for k in (1, 2, 8)
+        ]
+    )  # fmt: skip
+    return runs, ece, cost, curves, ablation
+
+
+def test_claims_table_reads_the_numbers():
+    t = build_claims(*_inputs(), claims_kl=5.0, margin=0.2)
+    assert {"claim", "source", "measure", "measured", "seeds", "verdict"} <= set(t.columns)
+    first = t.iloc[0]
+    assert first["measured"] == "3 of 3 seeds" and first["verdict"] == SUPPORTED
+    final = t[(t["measure"] == "PPO final gold") & t["claim"].str.startswith("An ensemble")]
+    assert final["verdict"].tolist() == [SUPPORTED]  # 2.0 vs 1.0, tiny spread
+    matched = t[t["measure"] == "PPO gold at KL 5"]
+    assert set(matched["verdict"]) == {SUPPORTED, INCONCLUSIVE}  # parity holds; 'better' doesn't
+    ece_rows = t[t["measure"].str.startswith("ECE")]
+    assert len(ece_rows) == 4 and set(ece_rows["verdict"]) == {SUPPORTED}
+    heads = t[t["claim"] == "More heads mitigate more"].iloc[0]
+    assert (
+        heads["verdict"] == f"{INCONCLUSIVE} (n = 1)"
+        and "K=8 1.80 vs K=1 1.10" in heads["measured"]
+    )
+
+
+def test_claims_table_names_a_missing_column():
+    runs, ece, cost, curves, ablation = _inputs()
+    with pytest.raises(KeyError, match="gold_at_kl5"):
+        build_claims(runs.drop(columns="gold_at_kl5"), ece, cost, curves, ablation, 5.0, 0.2)
+    with pytest.raises(KeyError, match=r"ece\.csv: missing column\(s\) ece"):
+        build_claims(runs, ece.drop(columns="ece"), cost, curves, ablation, 5.0, 0.2)
+    with pytest.raises(KeyError, match="ensemble_train_total_x"):
+        build_claims(runs, ece, {"multihead_train_epoch_x": 1.0}, curves, ablation, 5.0, 0.2)
+
+
+def test_with_overrides_checks_section_key_and_type():
+    params = load_params(ROOT / "params.yaml", "smoke")
+    changed = with_overrides(params, ["reward.k=8", "reward.epochs_multihead=3"])
+    assert (changed.reward.k, changed.reward.epochs_multihead) == (8, 3)
+    assert params.reward.k == 3  # the original is untouched
+    for bad, match in (
+        ("k=8", "section.key=value"),
+        ("rewards.k=8", "section.key=value"),
+        ("reward.heads=8", "unknown key"),
+        ("reward.k=many", "expected int"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            with_overrides(params, [bad])
