@@ -29,7 +29,7 @@ def rm_summary(val_rewards: pd.DataFrame, val_pairs: pd.DataFrame, uwo_lambda: f
     require_columns(val_rewards, ("pair_id", "head", "r_chosen", "r_rejected"), "val_rewards")
     require_columns(val_pairs, ("pair_id", "flipped"), "validation pairs")
     r_c, r_r, pair_id = rewards_from_frame(val_rewards)
-    flipped = val_pairs.set_index("pair_id").loc[pair_id, "flipped"].to_numpy()
+    flipped = np.array(val_pairs.set_index("pair_id").loc[pair_id, "flipped"], dtype=bool)
     acc = accuracy_table(r_c, r_r, flipped, uwo_lambda=uwo_lambda)
     agg = acc[acc["unit"] == "aggregate"].set_index("name")
     return {

@@ -45,7 +45,8 @@ def test_the_evaluation_reads_exactly_the_reward_model_matrix():
 def test_notebook_parameter_cells_hold_selectors_only():
     # hyperparameters live in params.yaml; a parameters cell holds paths, selectors and switches
     allowed = {"profile", "params_path", "world_dir", "build", "train", "run", "write",
-               "family", "families", "seed", "seeds", "variant", "variants", "rm_root"}  # fmt: skip
+               "family", "families", "seed", "seeds", "variant", "variants", "rm_root",
+               "tag", "tags", "override", "example_variants", "example_seed"}  # fmt: skip
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         extra = set(notebook_parameters(nb.name)) - allowed
         assert not extra, f"{nb.name}: parameters cell holds {sorted(extra)}"
@@ -88,3 +89,26 @@ def test_best_of_n_reads_exactly_the_reward_model_matrix():
     assert params["families"] == matrix["family"] and params["seeds"] == matrix["seed"]
     expected = {f"artifacts/rm/{f}/seed{s}" for f in matrix["family"] for s in matrix["seed"]}
     assert expected <= set(DVC["bon"]["deps"])
+
+
+def test_the_ablation_stages_and_their_summary_agree():
+    ablations = DVC["rm_ablation"]["foreach"]
+    assert DVC["ppo_ablation"]["foreach"] == ablations  # one list, two stages
+    params = notebook_parameters("07_ablations.ipynb")
+    assert params["tags"] == list(ablations)
+    assert {item["seed"] for item in ablations.values()} == {params["seed"]}
+    for item in ablations.values():
+        section, _, rest = item["override"].partition(".")
+        assert section == "reward" and "=" in rest  # one change to the reward model
+        assert item["variant"] == f"{item['family']}_min"  # PPO against the model's minimum
+    assert "artifacts/rm_ablation/${key}" in DVC["ppo_ablation"]["do"]["deps"]
+    assert {"results/rm_ablation", "results/ppo_ablation"} <= set(DVC["ablations"]["deps"])
+
+
+def test_the_report_depends_on_every_figure_it_shows():
+    shown = re.findall(r"figures/\w+\.png", (ROOT / "notebooks/08_report.ipynb").read_text())
+    assert len(shown) >= 8
+    for figure in shown:
+        if figure in DVC["report"]["outs"]:
+            continue
+        assert figure in DVC["report"]["deps"], f"report shows {figure} but does not depend on it"

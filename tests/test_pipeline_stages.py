@@ -222,3 +222,61 @@ def test_a_non_finite_reward_stops_ppo_naming_the_step_and_keeps_the_checkpoint(
         )  # fmt: skip
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert state["step"] == 3 and len(state["rows"]) == 4  # the last good checkpoint (after step 3)
+
+
+def test_every_declared_figure_and_report_is_produced(project):
+    from dvc.repo import Repo
+
+    root, _ = project
+    with Repo(str(root)) as repo:
+        outs = [Path(o.fs_path).relative_to(root) for s in repo.index.stages for o in s.outs]
+    shown = [o for o in outs if o.parts[0] in ("figures", "reports")]
+    assert len([o for o in shown if o.suffix == ".png"]) >= 13  # (a)-(i) and the stages' own
+    assert Path("reports/index.html") in shown
+    for rel in shown:
+        assert (root / rel).stat().st_size > 0, f"{rel} is declared but was not produced"
+
+
+def test_the_ablations_and_the_claims_table(project):
+    root, _ = project
+    summary = pd.read_csv(root / "results/ablation/summary.csv")
+    heads = summary[summary["group"] == "heads"]
+    assert sorted(heads["k"]) == [1, 2, 3, 3, 8]  # smoke: the main multihead has K = 3 too
+    epochs = summary[summary["group"] == "epochs"].set_index("label")
+    assert set(epochs.index) == {
+        "multihead 1 epoch", "multihead 3 epochs", "ensemble 1 epoch", "ensemble 3 epochs",
+    }  # fmt: skip
+    assert epochs.loc["ensemble 1 epoch", "k"] == 3 and summary["acc_clean_min"].between(0, 1).all()
+    claims = pd.read_csv(root / "results/report/claims.csv")
+    assert len(claims) >= 15
+    assert claims["verdict"].str.split(" \\(").str[0].isin(
+        ["supported", "not supported", "inconclusive"]
+    ).all()  # fmt: skip
+    index = (root / "reports/index.html").read_text()
+    assert "The claims" in index and 'href="05_ppo_summary.html"' in index
+    assert "data:image/png;base64" in index  # the figures travel inside the page
+
+
+@pytest.mark.parametrize(
+    ("notebook", "table", "column"),
+    [
+        ("07_ablations", "results/ppo_ablation/k2/multihead_min/seed0/evals.parquet", "kl"),
+        ("08_report", "results/ppo/runs.parquet", "gold_final"),
+    ],
+)
+def test_the_figure_stages_name_a_missing_column(project, tmp_path, notebook, table, column):
+    root, run = project
+    for rel in ("params.yaml", "artifacts/world", "results", "figures"):
+        src, dst = root / rel, tmp_path / rel
+        shutil.copytree(src, dst) if src.is_dir() else shutil.copy(src, dst)
+    broken = tmp_path / table
+    pd.read_parquet(broken).drop(columns=[column]).to_parquet(broken)
+    before = {p: p.stat().st_mtime for p in (tmp_path / "figures").iterdir()}
+    out = run(
+        "papermill", str(root / f"notebooks/{notebook}.ipynb"), str(tmp_path / "out.ipynb"),
+        "-p", "write", "True", "--cwd", str(tmp_path),
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert f"missing column(s) {column}" in out.stderr + out.stdout
+    after = {p: p.stat().st_mtime for p in (tmp_path / "figures").iterdir()}
+    assert after == before  # nothing written

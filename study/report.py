@@ -1,0 +1,37 @@
+"""Small readings for the report page (`notebooks/08_report.ipynb`): which evaluations to show as
+examples, and the summary of an RLOO run beside PPO."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from study.analysis import require_columns
+
+
+def example_steps(evals: pd.DataFrame, kl_levels: Sequence[float]) -> list[int]:
+    """Steps of the evaluations nearest KL 0 and each level the run reached, then the last step;
+    each once, in order of step."""
+    require_columns(evals, ("step", "kl"), "PPO evaluations")
+    targets = [0.0, *[x for x in kl_levels if x <= evals["kl"].max()]]
+    steps = {int(evals.loc[(evals["kl"] - t).abs().idxmin(), "step"]) for t in targets}
+    steps.add(int(evals["step"].max()))
+    return sorted(steps)
+
+
+def rloo_summary(log: pd.DataFrame, window: int = 10) -> dict[str, float]:
+    """Gold, proxy and KL of an RLOO run over its first and last `window` rollouts, and the best
+    `window`-rollout mean of gold."""
+    require_columns(log, ("step", "kl", "proxy", "gold"), "RLOO log")
+    log = log.sort_values("step")
+    head, tail = log.head(window), log.tail(window)
+    return {
+        "steps": len(log),
+        "gold_first": float(head["gold"].mean()),
+        "gold_best": float(log["gold"].rolling(window, min_periods=1).mean().max()),
+        "gold_last": float(tail["gold"].mean()),
+        "kl_last": float(tail["kl"].mean()),
+        "proxy_first": float(head["proxy"].mean()),
+        "proxy_last": float(tail["proxy"].mean()),
+    }
