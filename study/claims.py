@@ -94,8 +94,8 @@ class Claim:
     verdict: str
 
 
-def _mean_str(x: np.ndarray) -> str:
-    return f"{x.mean():.2f}" if len(x) else "n/a"
+def _mean_str(x: np.ndarray, digits: int) -> str:
+    return f"{x.mean():.{digits}f}" if len(x) else "not reached"
 
 
 def compare(
@@ -113,12 +113,12 @@ def compare(
         verdict = verdict_parity(diff, hw, margin)
     else:
         raise ValueError(f"kind must be 'better', 'worse' or 'parity', got {kind!r}")
-    interval = f" ± {hw:.{digits}f}" if math.isfinite(hw) else " (no interval)"
-    measured = (
-        f"{a_name} {_mean_str(va)} vs {b_name} {_mean_str(vb)}: "
-        f"difference {diff:+.{digits}f}{interval}"
-        + (f" (margin ±{margin:g})" if kind == "parity" else "")
-    )
+    measured = f"{a_name} {_mean_str(va, digits)} vs {b_name} {_mean_str(vb, digits)}"
+    if math.isfinite(diff):
+        interval = f" ± {hw:.{digits}f}" if math.isfinite(hw) else " (no interval)"
+        measured += f": difference {diff:+.{digits}f}{interval}"
+    if kind == "parity":
+        measured += f" (margin ±{margin:g})"
     n = min(len(va), len(vb))
     if n < 2 and verdict == INCONCLUSIVE:
         verdict = f"{INCONCLUSIVE} (n = {n})"

@@ -677,7 +677,6 @@ def with_override(cfg: Any, option: str, where: str = "option") -> Any:
         raise ConfigError(f"{where} {option!r}: {e}") from None
 
 
-
 def with_overrides(params: Params, options: Sequence[str], where: str = "overrides") -> Params:
     """`params` with 'section.key=value' overrides applied in order, each checked like params.yaml
     (an ablation stage's one change: `reward.k=8`, `reward.epochs_multihead=3`)."""
@@ -691,6 +690,7 @@ def with_overrides(params: Params, options: Sequence[str], where: str = "overrid
         cfg = with_override(getattr(params, section), rest, f"{where} ({section})")
         params = dataclasses.replace(params, **{section: cfg})
     return params
+
 
 # ------------------------------------------------------------------------------------- validation
 

@@ -46,6 +46,8 @@ def test_welch_drops_nan_and_has_no_interval_for_one_value():
     assert diff == 0.75 and math.isnan(hw)
     row = compare("c", "s", "m", "a", [2.0], "b", [1.0, 1.5])
     assert row.verdict == f"{INCONCLUSIVE} (n = 1)" and "no interval" in row.measured
+    never = compare("c", "s", "m", "a", [float("nan")] * 3, "b", [1.0, 1.5, 2.0], digits=1)
+    assert never.measured == "a not reached vs b 1.5" and never.verdict == f"{INCONCLUSIVE} (n = 0)"
 
 
 @pytest.mark.parametrize(
