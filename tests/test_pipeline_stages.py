@@ -227,12 +227,16 @@ def test_a_non_finite_reward_stops_ppo_naming_the_step_and_keeps_the_checkpoint(
 def test_every_declared_figure_and_report_is_produced(project):
     from dvc.repo import Repo
 
-    root, _ = project
+    root, run = project
     with Repo(str(root)) as repo:
         outs = [Path(o.fs_path).relative_to(root) for s in repo.index.stages for o in s.outs]
     shown = [o for o in outs if o.parts[0] in ("figures", "reports")]
     assert len([o for o in shown if o.suffix == ".png"]) >= 13  # (a)-(i) and the stages' own
     assert Path("reports/index.html") in shown
+    plots = run("dvc", "plots", "show", "-o", "plots_page")
+    assert plots.returncode == 0, plots.stderr[-2000:]
+    page = (root / "plots_page/index.html").read_text()
+    assert all(png.name in page for png in (root / "figures").glob("*.png"))
     for rel in shown:
         assert (root / rel).stat().st_size > 0, f"{rel} is declared but was not produced"
 
