@@ -24,8 +24,7 @@ from study.config import VARIANTS, Params
 from study.generation import format_queries, sample
 from study.hub import load_tokenizer
 from study.io import provenance, read_table, require, write_csv, write_json, write_table
-from study.ppo_train import Scored, proxy_reward_fn, variant_spec
-from study.reward_models import load_reward_model
+from study.ppo_train import Scored, family_reward_fn, variant_spec
 from study.world.build import make_gold
 
 
@@ -97,13 +96,7 @@ def score_bon_samples(
     batch = params.reward.eval_batch_size
     for family in families:
         for seed in seeds:
-            rm_dir = require(Path(rm_root) / family / f"seed{seed}", f"stage rm@{family}-{seed}")
-            rm = load_reward_model(
-                rm_dir, vectorize=params.reward.vectorize_ensemble(torch.cuda.is_available())
-            ).requires_grad_(False)
-            reward_fn = proxy_reward_fn(
-                rm, load_tokenizer(str(rm_dir), "reward model"), tokenizer, params.reward.max_length
-            )
+            reward_fn = family_reward_fn(params, family, seed, tokenizer, rm_root)
             t0 = time.perf_counter()
             out = []
             with torch.no_grad():

@@ -380,13 +380,24 @@ def variant_reward_fn(
     family, method = variant_spec(variant)
     if family == "gold":
         return gold_reward_fn(gold), method
-    rm_dir = Path(rm_root) / family / f"seed{seed}"
+    return family_reward_fn(params, family, seed, tokenizer, rm_root), method
+
+
+def family_reward_fn(
+    params: Params,
+    family: str,
+    seed: int,
+    tokenizer: PreTrainedTokenizerBase,
+    rm_root: str | Path,
+) -> RewardFn:
+    """The raw rewards (K, B) of the reward model `rm_root/<family>/seed<seed>` (stage
+    rm@<family>-<seed>), frozen, re-tokenised from the policy's `tokenizer` to its own."""
+    rm_dir = require(Path(rm_root) / family / f"seed{seed}", f"stage rm@{family}-{seed}")
     rm = load_reward_model(
-        require(rm_dir, f"stage rm@{family}-{seed}"),
-        vectorize=params.reward.vectorize_ensemble(torch.cuda.is_available()),
+        rm_dir, vectorize=params.reward.vectorize_ensemble(torch.cuda.is_available())
     ).requires_grad_(False)
     rm_tok = load_tokenizer(str(rm_dir), "reward model")  # saved beside the model(s)
-    return proxy_reward_fn(rm, rm_tok, tokenizer, params.reward.max_length), method
+    return proxy_reward_fn(rm, rm_tok, tokenizer, params.reward.max_length)
 
 
 LOG_KEYS = ("variant", "seed", "step", "kl", "proxy", "gold")
