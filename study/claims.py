@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from study.analysis import require_columns
 from study.stats import t975
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
@@ -174,8 +175,6 @@ def build_claims(
     `ece` (results/rm/ece.csv: family, seed, method, target, ece), `cost`
     (results/rm/cost_metrics.json), `bon_curves` (results/bon/curves.parquet) and `ablation`
     (results/ablation/summary.parquet). A missing column raises a KeyError naming it."""
-    from study.analysis import require_columns
-
     at = f"gold_at_kl{claims_kl:g}"
     require_columns(
         runs, ("variant", "seed", "overoptimised", "gold_final", at), "results/ppo/runs.parquet"
@@ -188,7 +187,10 @@ def build_claims(
     for key in ("multihead_train_epoch_x", "ensemble_train_total_x", "multihead_extra_parameters"):
         if key not in cost:
             raise KeyError(f"results/rm/cost_metrics.json: missing key {key}")
-    R = lambda v, c: runs_of(runs, v, c)  # noqa: E731
+
+    def R(variant: str, column: str) -> np.ndarray:
+        return runs_of(runs, variant, column)
+
     gao, coste, ahmed = "Gao et al. 2023", "Coste et al. 2024", "Ahmed et al. 2024"
     rows: list[Claim] = []
 
@@ -250,7 +252,7 @@ def build_claims(
             rows.append(compare(
                 "The minimum is the better aggregation" if method == "mean"
                 else "UWO (mean − λ·variance) does about as well as the minimum",
-                ahmed if fam == "multihead" else coste, "PPO final gold",
+                ahmed if fam == "multihead" and method == "mean" else coste, "PPO final gold",
                 f"{fam}_min", R(f"{fam}_min", "gold_final"),
                 f"{fam}_{method}", R(f"{fam}_{method}", "gold_final"),
                 "better" if method == "mean" else "parity", margin,
