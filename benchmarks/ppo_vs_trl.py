@@ -83,7 +83,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 TRL_PYTHON = ROOT / "benchmarks" / ".venv-trl112" / "bin" / "python"
 OUT = ROOT / "results" / "bench" / "ppo_vs_trl.csv"
-SIDES = ("ours", "trl")
+SIDES = ("ours", "ours_separate", "trl")  # ours: the study's default, a shared-trunk value head
+VALUE_MODELS = {"ours": "shared", "ours_separate": "separate"}
 PHASES = ("sample_seconds", "rollout_seconds", "update_seconds")  # the parts of a step
 NEVER_LOGIT = 20.0  # how far below the others the policy's EOS and pad logits sit
 CHILD_ENV = {
@@ -158,8 +159,11 @@ def build_models(work: Path, cfg: dict[str, Any], params: Any) -> None:
 # ------------------------------------------------------------------------------------ our side
 
 
-def run_ours(work: Path, out: Path) -> None:
-    """Our PPO steps in this process (the main environment); per-step seconds to `out`."""
+def run_ours(work: Path, out: Path, side: str = "ours") -> None:
+    """Our PPO steps in this process (the main environment); per-step seconds to `out`.
+
+    `side` picks the value model: `ours` the study's default (`ppo.value_model: shared`, a value
+    head on the policy trunk), `ours_separate` a critic with its own trunk, as TRL's."""
     cfg = json.loads((work / "config.json").read_text())
     import torch
 
@@ -170,13 +174,14 @@ def run_ours(work: Path, out: Path) -> None:
     from study.config import SamplingConfig
     from study.generation import format_queries, sample
     from study.hub import load_tokenizer
-    from study.optim import warmup_cosine
     from study.ppo_train import (
+        ActorCritic,
         HeadNormaliser,
-        ValueModel,
+        make_optimizer,
         make_rollout,
         ppo_update,
         proxy_reward_fn,
+        set_learning_rates,
     )
     from study.reward_models import build_reward_model
 
@@ -188,16 +193,17 @@ def run_ours(work: Path, out: Path) -> None:
     hf_rm = AutoModelForSequenceClassification.from_pretrained(work / "reward")
     rm = build_reward_model(str(work / "reward"), work / "policy", k=1, seed=cfg["seed"])
     hf_value = AutoModelForSequenceClassification.from_pretrained(work / "value")
-    critic = ValueModel.from_pretrained(str(work / "value"))
+    _assert_same(policy.transformer, hf_value.transformer, "value model's trunk")
+    ac = ActorCritic(policy, VALUE_MODELS[side])  # a separate critic copies the policy trunk
     with torch.no_grad():
         rm.score.weight.copy_(hf_rm.score.weight)
         rm.score.bias.zero_()
-        critic.head.weight.copy_(hf_value.score.weight)
-        critic.head.bias.zero_()
+        head = ac.value_head if side == "ours" else ac.critic.head
+        head.weight.copy_(hf_value.score.weight)  # TRL's value head has no bias
+        head.bias.zero_()
     _assert_same(rm.encoder, hf_rm.transformer, "reward model")
-    _assert_same(critic.backbone, hf_value.transformer, "value model")
     rm = rm.eval().requires_grad_(False)
-    critic = critic.eval()
+    ac = ac.eval()
     del hf_rm, hf_value
 
     reward_fn = proxy_reward_fn(rm, tok, tok, max_length=10_000)  # same vocabulary: ids as they are
@@ -209,31 +215,33 @@ def run_ours(work: Path, out: Path) -> None:
         max_new_tokens=cfg["response_length"],
         batch_size=cfg["batch_size"],
     )
-    opt_p = torch.optim.Adam(policy.parameters(), lr=cfg["lr"], eps=1e-5)
-    opt_v = torch.optim.Adam(critic.parameters(), lr=cfg["value_lr"], eps=1e-5)
+    optimizer = make_optimizer(ac, cfg["lr"], cfg["value_lr"])
     total = cfg["warmup"] + cfg["steps"]
     rows = []
     for step in range(total):
         t0 = time.perf_counter()
-        for opt, peak in ((opt_p, cfg["lr"]), (opt_v, cfg["value_lr"])):
-            for g in opt.param_groups:
-                g["lr"] = warmup_cosine(step, total, cfg["lr_warmup_steps"], peak)
+        set_learning_rates(optimizer, step, total, cfg["lr_warmup_steps"])
         # 1-2. a batch of prompts, responses sampled and cut at EOS
         rng = np.random.default_rng([cfg["seed"], 2, step])
         batch = [prompts[i] for i in rng.integers(len(prompts), size=cfg["batch_size"])]
         samples = sample(
-            policy, tok, format_queries(batch, cfg["template"]), sampling, cfg["seed"] + step
+            policy,
+            tok,
+            format_queries(batch, cfg["template"]),
+            sampling,
+            cfg["seed"] + step,
+            decoder="auto",
         )
         t1 = time.perf_counter()
         # 3-6. score, log-probs, values, KL shaping, GAE
         ro = make_rollout(
-            policy, ref, critic, reward_fn, normaliser, samples, batch, "mean", 0.0,
+            ac, ref, reward_fn, normaliser, samples, batch, "mean", 0.0,
             cfg["kl_coef"], cfg["gamma"], cfg["lam"], cfg["temperature"],
         )  # fmt: skip
         t2 = time.perf_counter()
         # 7. PPO epochs
         ppo_update(
-            policy, critic, opt_p, opt_v, ro, cfg["ppo_epochs"], cfg["minibatches"],
+            ac, optimizer, ro, cfg["ppo_epochs"], cfg["minibatches"],
             cfg["cliprange"], cfg["cliprange_value"], cfg["vf_coef"], cfg["grad_clip"],
             cfg["whiten_advantages"], cfg["temperature"],
             torch.Generator().manual_seed(cfg["seed"] + step),
@@ -248,8 +256,8 @@ def run_ours(work: Path, out: Path) -> None:
                 "response_length": ro.response_mask.float().sum(1).mean().item(),
             }
         )
-    _check_updates(opt_p, total * cfg["ppo_epochs"] * cfg["minibatches"], "ours")
-    _write_run(out, "ours", rows[cfg["warmup"] :], "study.ppo_train")
+    _check_updates(optimizer, total * cfg["ppo_epochs"] * cfg["minibatches"], side)
+    _write_run(out, side, rows[cfg["warmup"] :], f"study.ppo_train ({VALUE_MODELS[side]} critic)")
 
 
 def _check_updates(opt: Any, expected: int, side: str) -> None:
@@ -508,8 +516,8 @@ def summarise(runs: list[dict[str, Any]], cfg: dict[str, Any]) -> tuple[Any, Any
             }
         )
     summary = pd.DataFrame(rows)
-    ours, trl = summary["median_step_seconds"].tolist()
-    summary["trl_over_ours"] = trl / ours  # how many times faster our step is
+    trl = summary.loc[summary["side"] == "trl", "median_step_seconds"].item()
+    summary["trl_over_side"] = trl / summary["median_step_seconds"]  # how many times faster
     return summary, steps
 
 
@@ -533,7 +541,10 @@ def main() -> None:
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.side:
-        (run_ours if args.side == "ours" else run_trl)(args.workdir, args.result)
+        if args.side == "trl":
+            run_trl(args.workdir, args.result)
+        else:
+            run_ours(args.workdir, args.result, args.side)
         return
 
     from study.config import load_params
@@ -543,7 +554,7 @@ def main() -> None:
         sys.exit(f"{args.trl_python} not found: run `bash benchmarks/setup_trl112.sh` first")
     params = load_params(ROOT / "params.yaml", profile="default")
     cfg = bench_config(params, args)
-    pythons = {"ours": Path(sys.executable), "trl": args.trl_python}
+    pythons = {**{side: Path(sys.executable) for side in VALUE_MODELS}, "trl": args.trl_python}
     env = {"OMP_WAIT_POLICY": args.omp_wait_policy} if args.omp_wait_policy else {}
     runs = []
     load_before = os.getloadavg()[0]
@@ -571,8 +582,10 @@ def main() -> None:
     write_csv(args.out.with_name(f"{args.out.stem}_steps.csv"), steps)
     cols = ["side", "implementation", "median_step_seconds", "min_step_seconds", "timed_steps"]
     print(summary[[*cols, "mean_response_length"]].to_string(index=False, float_format="%.3f"))
-    ratio = summary["trl_over_ours"].iloc[0]
-    print(f"TRL / ours (median s/step): {ratio:.2f}x; written to {args.out}")
+    for side, ratio in zip(summary["side"], summary["trl_over_side"], strict=True):
+        if side != "trl":
+            print(f"TRL / {side} (median s/step): {ratio:.2f}x")
+    print(f"written to {args.out}")
 
 
 if __name__ == "__main__":

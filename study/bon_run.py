@@ -74,6 +74,7 @@ def score_bon_samples(
         params.sampling,
         seed=int(np.random.SeedSequence([params.run.seed, 7]).generate_state(1)[0]),
         progress=progress,
+        decoder="auto",
     )
     sample_seconds = time.perf_counter() - t0
     g = make_gold(params).score(repeated, s.texts, s.finished)

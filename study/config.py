@@ -450,6 +450,10 @@ class PPOConfig:
     lam: float = _f(0.95, "GAE lambda.")
     cliprange: float = _f(0.2, "Policy ratio clip.")
     cliprange_value: float = _f(0.2, "Value clip around the rollout's values.")
+    value_model: str = _f(
+        "shared",
+        "The critic: 'shared' (a scalar head on the policy's final hidden states, joint loss; half the update arithmetic) or 'separate' (its own copy of the SFT trunk, as TRL's PPOTrainer). See study.ppo_train.ActorCritic.",
+    )
     vf_coef: float = _f(0.1, "Weight of the value loss (separate critic: scales its gradient).")
     ent_coef: float = _f(
         0.0, "Weight of the entropy bonus in the policy loss (0: none, as lm-human-preferences)."
@@ -503,6 +507,11 @@ class PPOConfig:
             "vf_coef and grad_clip must be > 0",
         )
         _check(self.ent_coef >= 0, "ppo.ent_coef", "must be >= 0")
+        _check(
+            self.value_model in ("shared", "separate"),
+            "ppo.value_model",
+            f"must be shared or separate, got {self.value_model!r}",
+        )
         _check(
             self.normalise in ("sft_zscore", "none"),
             "ppo.normalise",

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from study.config import SamplingConfig
+from study.decode import gpt2_sample, supports
 
 
 def format_queries(prompts: Sequence[str], template: str) -> list[str]:
@@ -67,6 +68,9 @@ class Samples:
     response_mask: torch.Tensor  # (B, T) 1 on response tokens, EOS included
     texts: list[str]  # decoded responses, special tokens removed
     finished: np.ndarray  # (B,) bool: the response ended with EOS
+    # (B, T, H) final hidden states that predicted each response token, from the cached decoder
+    # (study.decode) only; sampled without gradient by the model as it was when sampling
+    hidden: torch.Tensor | None = None
 
 
 def decode_responses(
@@ -86,8 +90,16 @@ def sample(
     cfg: SamplingConfig,
     seed: int,
     progress: bool = False,
+    decoder: str = "generate",
 ) -> Samples:
-    """Sample one response per query with the sampling settings of `cfg`, seeded by `seed`."""
+    """Sample one response per query with the sampling settings of `cfg`, seeded by `seed`.
+
+    `decoder`: ``generate`` (Hugging Face `generate`, what the world's data were sampled with) or
+    ``auto`` (the KV-cached decoder of `study.decode` where the model is a GPT-2 it supports,
+    `generate` otherwise): the same distribution, several times faster on small policies.
+    """
+    if decoder not in ("generate", "auto"):
+        raise ValueError(f"decoder {decoder!r}: expected 'generate' or 'auto'")
     if not queries:
         raise ValueError("no queries to sample from")
     pad_id = (
@@ -97,12 +109,18 @@ def sample(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    cached = decoder == "auto" and supports(model)
     torch.manual_seed(seed)
     encoded = tokenizer(list(queries), add_special_tokens=True)["input_ids"]
     chunks = []
     starts = range(0, len(queries), cfg.batch_size)
     for start in tqdm(starts, desc="sampling", disable=not progress, leave=False):
         q_ids, q_mask = left_pad(encoded[start : start + cfg.batch_size], pad_id)
+        if cached:
+            r, h = gpt2_sample(model, q_ids.to(device), q_mask.to(device), cfg, eos_id, pad_id)
+            r_ids, r_mask, finished = truncate_at_eos(r.cpu(), eos_id, pad_id)
+            chunks.append((q_ids, q_mask, r_ids, r_mask, finished, h.cpu()))
+            continue
         out = model.generate(
             input_ids=q_ids.to(device),
             attention_mask=q_mask.to(device),
@@ -119,7 +137,7 @@ def sample(
             fill = torch.full((r.shape[0], cfg.max_new_tokens - r.shape[1]), pad_id)
             r = torch.cat([r, fill], dim=1)
         r_ids, r_mask, finished = truncate_at_eos(r, eos_id, pad_id)
-        chunks.append((q_ids, q_mask, r_ids, r_mask, finished))
+        chunks.append((q_ids, q_mask, r_ids, r_mask, finished, None))
     model.train(was_training)
     q_width = max(c[0].shape[1] for c in chunks)
 
@@ -131,6 +149,7 @@ def sample(
     response_ids = torch.cat([c[2] for c in chunks])
     response_mask = torch.cat([c[3] for c in chunks])
     finished = torch.cat([c[4] for c in chunks]).numpy()
+    hidden = torch.cat([c[5] for c in chunks]) if cached else None
     return Samples(
         query_ids=query_ids,
         query_mask=query_mask,
@@ -138,4 +157,5 @@ def sample(
         response_mask=response_mask,
         texts=decode_responses(tokenizer, response_ids, response_mask),
         finished=finished,
+        hidden=hidden,
     )
