@@ -84,6 +84,8 @@ class MultiHeadRewardModel(PreTrainedModel):
         kwargs = {}
         if self._position_ids:  # count positions from the first real token (left padding)
             kwargs["position_ids"] = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        if "use_cache" in self.encoder.config:  # a decoder used as an encoder keeps no cache
+            kwargs["use_cache"] = False
         h = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask, **kwargs
         ).last_hidden_state  # (B, T, H)
