@@ -24,7 +24,7 @@ from study.config import VARIANTS, Params
 from study.generation import format_queries, sample
 from study.hub import load_tokenizer
 from study.io import provenance, read_table, require, write_csv, write_json, write_table
-from study.ppo_train import Scored, family_reward_fn, variant_spec
+from study.proxy import Scored, family_reward_fn, variant_spec
 from study.world.build import make_gold
 
 

@@ -20,7 +20,7 @@ keeps both (``kl``, ``kl_per_token``).
 
 The reward callable (`make_reward_callable`) re-tokenises each prompt as TRL does, appends the
 sampled completion ids (through the end-of-sequence token, as TRL cut them), scores with the
-variant's reward function of `study.ppo_train` (a reward model (K, B), or the gold control),
+variant's reward function of `study.proxy` (a reward model (K, B), or the gold control),
 normalises per head with the PPO stage's `HeadNormaliser` and aggregates with
 `study.aggregate.aggregate`. Gold is computed on the same completions for the table only; it
 is never returned to TRL unless the variant is ``gold``.
@@ -63,12 +63,12 @@ from study.generation import format_queries, left_pad
 from study.hub import load_tokenizer
 from study.io import atomic_path, read_table
 from study.optim import warmup_cosine
-from study.ppo_train import (
+from study.proxy import (
     HeadNormaliser,
     RewardFn,
     Scored,
     _seed,
-    _sft_normaliser,
+    fit_normaliser,
     variant_reward_fn,
 )
 from study.reward_models import right_pad
@@ -122,7 +122,7 @@ def make_reward_callable(
     TRL calls it as ``f(prompts=..., completions=..., completion_ids=..., trainer_state=..., ...)``
     with the dataset's ``prompt`` column (queries made by `template`) and each completion's token
     ids through its EOS. Each query is tokenised as TRL tokenised it for generation and left-padded,
-    the completion ids follow, then padding: the layout of a PPO rollout (`study.ppo_train.Scored`).
+    the completion ids follow, then padding: the layout of a PPO rollout (`study.proxy.Scored`).
     Returns ``aggregate(normaliser(reward_fn(batch)), method)`` as Python floats; `on_batch`, if
     given, sees every call (the driver scores gold there). ``__name__`` is `name`, which TRL logs
     as ``rewards/<name>/mean``.
@@ -317,7 +317,7 @@ def train_rloo(
     template, sampling = params.sources.prompt_template, params.sampling
 
     # 1. per-head normalisation on SFT samples, exactly as the PPO stage fits it
-    normaliser = _sft_normaliser(
+    normaliser = fit_normaliser(
         reward_fn, policy.eval(), tokenizer, rl, template, sampling, params.ppo.n_norm_samples,
         _seed(params.run.seed, seed, SEED_NORMALISER), params.ppo.normalise,
     )  # fmt: skip

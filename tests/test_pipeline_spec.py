@@ -112,3 +112,73 @@ def test_the_report_depends_on_every_figure_it_shows():
         if figure in DVC["report"]["outs"]:
             continue
         assert figure in DVC["report"]["deps"], f"report shows {figure} but does not depend on it"
+
+
+def _study_imports(source: str, package: str = "study") -> set[str]:
+    """The `study` modules a piece of Python imports (absolute and relative), dotted."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "study"}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the importing module's package
+                base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1],
+                                 *([base] if base else [])])  # fmt: skip
+            if base.split(".")[0] == "study":
+                found.add(base)
+                found |= {f"{base}.{a.name}" for a in node.names}  # `from study import x`
+    return {m for m in found if _module_file(m) is not None}
+
+
+def _module_file(module: str):
+    path = ROOT / module.replace(".", "/")
+    if path.with_suffix(".py").exists():
+        return path.with_suffix(".py")
+    if (path / "__init__.py").exists():
+        return path / "__init__.py"
+    return None
+
+
+def _closure(modules: set[str]) -> set[str]:
+    """Every `study` module that importing `modules` loads (packages' __init__ included)."""
+    seen: set[str] = set()
+    todo = list(modules)
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        f = _module_file(m)
+        package = m if f.name == "__init__.py" else m.rpartition(".")[0]
+        todo.extend(_study_imports(f.read_text(), package) - seen)
+        parts = m.split(".")
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
+    return seen
+
+
+def test_every_stage_declares_every_study_module_its_notebook_loads():
+    """A change to any module a stage runs (directly or through another module) makes it stale,
+    and a change to one it never loads does not (study/ppo.py: the PPO stages only)."""
+    missing, extra = [], []
+    for name, stage in DVC.items():
+        stage = stage.get("do", stage)
+        notebook = re.findall(r"papermill (notebooks/\S+\.ipynb)", stage["cmd"])[0]
+        nb = json.loads((ROOT / notebook).read_text())
+        code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+        deps = [d.rstrip("/") for d in stage["deps"]]
+        loaded: set[str] = set()
+        for module in sorted(_closure(_study_imports(code))):
+            f = _module_file(module)
+            rel = str(f.relative_to(ROOT))
+            if f.name == "__init__.py" and not f.read_text().strip():
+                continue  # an empty package marker runs nothing
+            if not any(rel == d or rel.startswith(d + "/") for d in deps):
+                missing.append(f"{name}: {rel}")
+            loaded.add(rel)
+        # and nothing else: a change to a module a stage never loads must not make it stale
+        for d in deps:
+            if d.startswith("study") and not any(f == d or f.startswith(d + "/") for f in loaded):
+                extra.append(f"{name}: {d}")
+    assert not missing, "stages load study modules they do not declare:\n" + "\n".join(missing)
+    assert not extra, "stages declare study modules they never load:\n" + "\n".join(extra)

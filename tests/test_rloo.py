@@ -16,7 +16,7 @@ from study.aggregate import aggregate
 from study.config import ConfigError, load_params
 from study.generation import format_queries, left_pad
 from study.hub import load_tokenizer
-from study.ppo_train import HeadNormaliser, proxy_reward_fn
+from study.proxy import HeadNormaliser, proxy_reward_fn
 from study.reward_models import build_reward_model, load_reward_model, right_pad
 from study.rloo import (
     RLOOConfig,
