@@ -17,17 +17,22 @@ same (from our rollout's mask; on TRL's side from what its reward model is given
 
 What one step counts, timed in the process that runs it, after `--warmup` steps:
 
-* **ours** (`study.ppo_train`, the loop body of `train_ppo`): draw and format the prompts,
-  `study.generation.sample` (HF `generate`, cut at EOS, decode), `make_rollout` (reward-model
-  scoring, policy forward with entropies, reference and critic forwards, KL shaping, GAE) and
-  `ppo_update` (PPO epochs x minibatches: policy and critic forward and backward, gradient
-  clipping, two Adam steps), plus setting the learning rates. Not counted: what `train_ppo` adds
-  for the study (gold scoring of each batch, held-out evaluation, checkpoints).
+* **ours** (`study.ppo_train`, the loop body of `train_ppo`), in two sides that differ only in
+  the value model (`ppo.value_model`): `ours`, the study's default, a value head on the policy's
+  trunk; `ours_separate`, a critic with its own copy of the trunk, TRL's design (its head starts
+  from the same weights as TRL's value head). Each: draw and format the prompts,
+  `study.generation.sample` with the cached GPT-2 decoder (`study.decode`: the same draws as
+  `generate`; cut at EOS, decode), `make_rollout` (reward-model scoring, the policy's
+  log-probabilities, entropies and, for the shared head, values read from the decoder's hidden
+  states, the reference forward and, for the separate critic, its forward, KL shaping, GAE) and
+  `ppo_update` (PPO epochs x minibatches: forward and backward through the actor-critic, gradient
+  clipping, one fused Adam step), plus setting the learning rates. Not counted: what `train_ppo`
+  adds for the study (gold scoring of each batch, held-out evaluation, checkpoints).
 * **TRL** (`trl.experimental.ppo.PPOTrainer.train`, stock): the time between consecutive
   `on_step_end` callbacks (the first from `on_train_begin`), i.e. one whole iteration of its loop:
   next batch from its data loader, generation with output scores (TRL takes the policy's log-probs
-  from the generation logits, so it has one forward fewer than ours), reference, value and reward
-  forwards, truncation, KL shaping, GAE, whitening, the PPO epochs over minibatches (policy and
+  from the generation logits, as ours takes them from the decoder's hidden states), reference,
+  value and reward forwards, truncation, KL shaping, GAE, whitening, the PPO epochs over minibatches (policy and
   value forward and backward through `PolicyAndValueWrapper`, one AdamW step per minibatch), its
   per-step metrics and logging, the scheduler step, `gc.collect()` and `empty_cache()`.
 
