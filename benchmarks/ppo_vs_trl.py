@@ -32,9 +32,10 @@ What one step counts, timed in the process that runs it, after `--warmup` steps:
   `on_step_end` callbacks (the first from `on_train_begin`), i.e. one whole iteration of its loop:
   next batch from its data loader, generation with output scores (TRL takes the policy's log-probs
   from the generation logits, as ours takes them from the decoder's hidden states), reference,
-  value and reward forwards, truncation, KL shaping, GAE, whitening, the PPO epochs over minibatches (policy and
-  value forward and backward through `PolicyAndValueWrapper`, one AdamW step per minibatch), its
-  per-step metrics and logging, the scheduler step, `gc.collect()` and `empty_cache()`.
+  value and reward forwards, truncation, KL shaping, GAE, whitening, the PPO epochs over
+  minibatches (policy and value forward and backward through `PolicyAndValueWrapper`, one AdamW
+  step per minibatch), its per-step metrics and logging, the scheduler step, `gc.collect()` and
+  `empty_cache()`.
 
 Each step is also split in three at the same points on both sides (`*_steps.csv`, and medians in
 the summary): sampling (ours: prompts, generation, cutting, decoding; TRL: the data loader's next
