@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# `dvc repro`'s stages, as many side by side as there are cores (study/pipeline.py)
 study: setup
-	$(BIN)/dvc repro
+	$(BIN)/python -m study.pipeline
 
 lint: setup
 	$(BIN)/ruff check .

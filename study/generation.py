@@ -90,13 +90,13 @@ def sample(
     cfg: SamplingConfig,
     seed: int,
     progress: bool = False,
-    decoder: str = "generate",
+    decoder: str = "auto",
 ) -> Samples:
     """Sample one response per query with the sampling settings of `cfg`, seeded by `seed`.
 
-    `decoder`: ``generate`` (Hugging Face `generate`, what the world's data were sampled with) or
-    ``auto`` (the KV-cached decoder of `study.decode` where the model is a GPT-2 it supports,
-    `generate` otherwise): the same distribution, several times faster on small policies.
+    `decoder`: ``auto`` (the KV-cached decoder of `study.decode` where the model is a GPT-2 it
+    supports, `generate` otherwise; the same draws, several times faster on small policies) or
+    ``generate`` (Hugging Face `generate` always).
     """
     if decoder not in ("generate", "auto"):
         raise ValueError(f"decoder {decoder!r}: expected 'generate' or 'auto'")

@@ -1,0 +1,164 @@
+"""study.pipeline: the side-by-side runner of DVC's stages, on a toy DVC project of shell stages.
+
+Each toy stage appends its start and end times to a file, so the tests read from the stages
+themselves what ran, in what order and what overlapped."""
+
+import csv
+import itertools
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from study.pipeline import execute, load_stages, plan, priorities
+
+PARAMS = SimpleNamespace(run=SimpleNamespace(threads=1, world_threads=2))
+DVC = [sys.executable, "-m", "dvc"]
+
+
+def _stage(name: str, deps: list[str], sleep: float = 1.5, extra: str = "", fail: bool = False):
+    body = f"echo start {name} $(date +%s.%N) >> events && sleep {sleep}"
+    body += " && exit 3" if fail else ""
+    body += f" && cat {' '.join(deps) or '/dev/null'} > {name}.txt"
+    body += f" && echo end {name} $(date +%s.%N) >> events"
+    deps_yaml = "".join(f"\n    - {d}" for d in deps)
+    return textwrap.indent(
+        f"{name}:\n  cmd: {body}\n  deps:\n    - events.keep{deps_yaml}\n  outs:\n    - {name}.txt\n"
+        + extra,
+        "  ",
+    )
+
+
+def _project(tmp_path: Path, stages: str) -> Path:
+    root = tmp_path / "proj"
+    root.mkdir()
+    subprocess.run([*DVC, "init", "--no-scm", "-q"], cwd=root, check=True)
+    (root / "events.keep").write_text("x\n")
+    (root / "dvc.yaml").write_text("stages:\n" + stages)
+    return root
+
+
+def _events(root: Path) -> dict[str, tuple[float, float]]:
+    times: dict[str, list[float]] = {}
+    for line in (root / "events").read_text().splitlines():
+        _, name, t = line.split()
+        times.setdefault(name, []).append(float(t))
+    return {n: (t[0], t[1]) for n, t in times.items() if len(t) == 2}
+
+
+def _run(root: Path, cores: int, monkeypatch, targets=None):
+    monkeypatch.chdir(root)
+    stages, stale = load_stages(root, PARAMS)
+    run = plan(stages, stale, targets)
+    execute(stages, run, cores, dvc=DVC, log_dir=root / "logs", echo=lambda *_: None)
+    return stages, run
+
+
+@pytest.fixture(autouse=True)
+def _need_dvc():
+    if shutil.which("git") is None:
+        pytest.skip("git is needed by dvc")
+
+
+def test_independent_stages_overlap_dependents_wait_and_a_second_run_does_nothing(
+    tmp_path, monkeypatch
+):
+    root = _project(
+        tmp_path,
+        _stage("a", [])
+        + _stage("b", [])
+        + _stage("c", ["a.txt", "b.txt"])
+        + _stage("d", ["a.txt"], extra="  meta: {threads: run.world_threads}\n"),
+    )
+    stages, run = _run(root, 2, monkeypatch)
+    assert run == {"a", "b", "c", "d"}
+    assert stages["d"].cores == 2 and stages["c"].upstream == {"a", "b"}
+    ev = _events(root)
+    assert set(ev) == {"a", "b", "c", "d"}
+    assert ev["a"][0] < ev["b"][1] and ev["b"][0] < ev["a"][1]  # a and b side by side
+    assert ev["c"][0] >= max(ev["a"][1], ev["b"][1])  # c after both of its upstream
+    # d takes both cores: nothing overlaps it
+    assert all(ev[n][1] <= ev["d"][0] or ev[n][0] >= ev["d"][1] for n in "abc")
+    assert (root / "c.txt").read_text() == ""  # a.txt and b.txt are empty: cat of both
+    # DVC recorded every stage: its own status is clean and the runner plans nothing
+    status = subprocess.run([*DVC, "status"], cwd=root, capture_output=True, text=True)
+    assert "up to date" in status.stdout, status.stdout
+    stages, stale = load_stages(root, PARAMS)
+    assert stale == set() and plan(stages, stale) == set()
+    # a changed dep reruns that stage and what is downstream of it only
+    (root / "dvc.yaml").write_text(
+        (root / "dvc.yaml").read_text().replace("sleep 1.5", "sleep 1.4", 1)
+    )
+    stages, stale = load_stages(root, PARAMS)
+    assert plan(stages, stale) == {"a", "c", "d"}
+    assert plan(stages, stale, ["c"]) == {"a", "c"}
+
+
+def test_one_core_runs_one_stage_at_a_time_and_exclusive_runs_alone(tmp_path, monkeypatch):
+    root = _project(
+        tmp_path,
+        _stage("a", [], sleep=1)
+        + _stage("b", [], sleep=1)
+        + _stage("x", [], sleep=1, extra="  meta: {exclusive: true}\n"),
+    )
+    _run(root, 1, monkeypatch)
+    ev = sorted(_events(root).values())
+    assert all(e0 >= prev_end for (_, prev_end), (e0, _) in itertools.pairwise(ev))
+    # changed commands (DVC's run cache would restore unchanged ones), on two cores: a and b
+    # run side by side, x alone
+    (root / "events").unlink()
+    (root / "dvc.yaml").write_text(
+        (root / "dvc.yaml").read_text().replace("sleep 1 ", "sleep 1.2 ")
+    )
+    _run(root, 2, monkeypatch)
+    ev = _events(root)
+    assert set(ev) == {"a", "b", "x"}
+    assert ev["a"][0] < ev["b"][1] and ev["b"][0] < ev["a"][1]
+    assert all(ev[n][1] <= ev["x"][0] or ev[n][0] >= ev["x"][1] for n in "ab")
+
+
+def test_a_failed_stage_is_named_its_downstream_never_starts_and_finished_work_is_kept(
+    tmp_path, monkeypatch
+):
+    root = _project(
+        tmp_path,
+        _stage("ok", [], sleep=2)
+        + _stage("bad", [], sleep=0.2, fail=True)
+        + _stage("after", ["bad.txt"]),
+    )
+    with pytest.raises(RuntimeError, match="stage bad failed; stages not run: after"):
+        _run(root, 2, monkeypatch)
+    ev = _events(root)
+    assert "ok" in ev and "after" not in ev  # the running stage finished; nothing downstream
+    _stages, stale = load_stages(root, PARAMS)
+    assert "ok" not in stale and {"bad", "after"} <= stale  # ok's result is recorded by DVC
+    rows = {r["stage"]: r for r in csv.DictReader((root / "logs" / "timings.csv").open())}
+    assert rows["bad"]["returncode"] != "0" and rows["ok"]["returncode"] == "0"
+
+
+def test_bad_targets_and_thread_params_are_named(tmp_path, monkeypatch):
+    root = _project(tmp_path, _stage("a", [], extra="  meta: {threads: run.nope}\n"))
+    monkeypatch.chdir(root)
+    with pytest.raises(ValueError, match=r"stage a: meta.threads names 'run.nope'"):
+        load_stages(root, PARAMS)
+    (root / "dvc.yaml").write_text("stages:\n" + _stage("a", []))
+    stages, stale = load_stages(root, PARAMS)
+    with pytest.raises(ValueError, match="no pipeline stage 'b'"):
+        plan(stages, stale, ["b"])
+
+
+def test_priorities_put_the_longest_chain_first():
+    from study.pipeline import Stage
+
+    st = {
+        "w": Stage("w"),
+        "x": Stage("x", {"w"}),
+        "y": Stage("y", {"x"}),
+        "z": Stage("z", {"w"}),
+    }
+    assert priorities(st, set(st)) == {"w": 3, "x": 2, "y": 1, "z": 1}
+    assert priorities(st, {"x", "y", "z"}) == {"x": 2, "y": 1, "z": 1}
