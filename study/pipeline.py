@@ -14,8 +14,10 @@ A stage occupies as many cores as the torch threads it runs with: `run.threads` 
 profile, or the param that a stage names in its `meta: {threads: <param>}` (the world stage, alone
 at the head of the pipeline, names `run.world_threads`). A stage with `meta: {exclusive: true}`
 runs with nothing beside it (the cost measurements, whose timings another stage would disturb).
-Ready stages start in order of the longest chain of stages still to run behind them, so the
-pipeline's critical path (world, ensemble reward models, their PPO runs, the report) goes first.
+Ready stages start in order of the longest chain of stages still to run behind them, counted in
+the minutes that a stage may estimate in `meta: {minutes: <n>}` (1 if it does not), so the
+critical path goes first and a long side study that only the report waits on does not start last.
+An exclusive stage that is next in line waits for the running stages to end.
 
 Each stage's output goes to `.dvc/tmp/pipeline/<stage>.log`; `.dvc/tmp/pipeline/timings.csv`
 records when each started and ended. When a stage fails, nothing new starts, the stages already
@@ -47,6 +49,7 @@ class Stage:
     upstream: set[str] = field(default_factory=set)  # stages whose outs it reads
     cores: int = 1
     exclusive: bool = False
+    minutes: float = 1.0  # the scheduling estimate (`meta: {minutes: ...}`), not a measurement
     order: int = 0  # position in dvc.yaml, the tie-break
 
 
@@ -79,10 +82,16 @@ def load_stages(repo_root: Path, params: Any) -> tuple[dict[str, Stage], set[str
             if not isinstance(meta, dict):
                 raise ValueError(f"stage {s.addressing}: meta must be a mapping, got {meta!r}")
             threads = meta.get("threads", "run.threads")
+            minutes = meta.get("minutes", 1.0)
+            if not isinstance(minutes, int | float) or isinstance(minutes, bool) or minutes <= 0:
+                raise ValueError(
+                    f"stage {s.addressing}: meta.minutes {minutes!r}, not a number > 0"
+                )
             stages[s.addressing] = Stage(
                 name=s.addressing,
                 cores=_param(params, str(threads), s.addressing),
                 exclusive=bool(meta.get("exclusive", False)),
+                minutes=float(minutes),
                 order=i,
             )
         for u, v in graph.edges():
@@ -95,17 +104,26 @@ def load_stages(repo_root: Path, params: Any) -> tuple[dict[str, Stage], set[str
 
 
 def plan(
-    stages: dict[str, Stage], stale: set[str], targets: list[str] | None = None, force: bool = False
+    stages: dict[str, Stage],
+    stale: set[str],
+    targets: list[str] | None = None,
+    force: bool = False,
+    single_item: bool = False,
 ) -> set[str]:
     """The stages to run: the stale ones (every one if `force`) and all downstream of them,
-    within `targets` and what they depend on (every stage if no targets)."""
+    within `targets` and what they depend on (every stage if no targets), or within `targets`
+    alone if `single_item` (as `dvc repro --single-item`)."""
     for t in targets or []:
         if t not in stages:
             close = sorted(n for n in stages if n.startswith(t.split("@")[0]))
             hint = f" (stages of that name: {', '.join(close)})" if close else ""
             raise ValueError(f"no pipeline stage {t!r} in dvc.yaml{hint}")
     scope = set(stages)
-    if targets:
+    if single_item:
+        if not targets:
+            raise ValueError("--single-item needs the stages to run")
+        scope = set(targets)
+    elif targets:
         scope, todo = set(), list(targets)
         while todo:
             n = todo.pop()
@@ -125,18 +143,19 @@ def plan(
     return run
 
 
-def priorities(stages: dict[str, Stage], run: set[str]) -> dict[str, int]:
-    """For each stage to run, the number of stages on the longest chain of stages to run that
-    starts at it (itself included): the critical path goes first."""
+def priorities(stages: dict[str, Stage], run: set[str]) -> dict[str, float]:
+    """For each stage to run, the estimated minutes of the longest chain of stages to run that
+    starts at it (itself included; a stage without `meta.minutes` counts 1): the critical path
+    goes first, and a long stage that nothing waits on does not start last."""
     downstream: dict[str, set[str]] = {n: set() for n in run}
     for n in run:
         for u in stages[n].upstream & run:
             downstream[u].add(n)
-    memo: dict[str, int] = {}
+    memo: dict[str, float] = {}
 
-    def depth(n: str) -> int:
+    def depth(n: str) -> float:
         if n not in memo:
-            memo[n] = 1 + max((depth(d) for d in downstream[n]), default=0)
+            memo[n] = stages[n].minutes + max((depth(d) for d in downstream[n]), default=0.0)
         return memo[n]
 
     return {n: depth(n) for n in run}
@@ -251,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         "-j", "--cores", type=int, default=os.cpu_count() or 1, help="cores to fill (default: all)"
     )
     p.add_argument("-f", "--force", action="store_true", help="rerun every stage in scope")
+    p.add_argument(
+        "-s", "--single-item", action="store_true", help="the targets only, not their upstream"
+    )
     p.add_argument("--dry", action="store_true", help="print the plan, run nothing")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = p.parse_args(argv)
@@ -261,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_params(args.params)
     stages, stale = load_stages(Path.cwd(), params)
-    run = plan(stages, stale, args.targets, args.force)
+    run = plan(stages, stale, args.targets, args.force, args.single_item)
     if not run:
         print("Data and pipelines are up to date.")
         return 0

@@ -96,6 +96,9 @@ def test_independent_stages_overlap_dependents_wait_and_a_second_run_does_nothin
     stages, stale = load_stages(root, PARAMS)
     assert plan(stages, stale) == {"a", "c", "d"}
     assert plan(stages, stale, ["c"]) == {"a", "c"}
+    assert plan(stages, stale, ["c"], single_item=True) == {"c"}
+    assert plan(stages, stale, ["b"], force=True, single_item=True) == {"b"}
+    assert plan(stages, stale, ["c"], force=True) == {"a", "b", "c"}
 
 
 def test_one_core_runs_one_stage_at_a_time_and_exclusive_runs_alone(tmp_path, monkeypatch):
@@ -162,3 +165,5 @@ def test_priorities_put_the_longest_chain_first():
     }
     assert priorities(st, set(st)) == {"w": 3, "x": 2, "y": 1, "z": 1}
     assert priorities(st, {"x", "y", "z"}) == {"x": 2, "y": 1, "z": 1}
+    st["z"].minutes = 5.0  # a long stage that nothing waits on goes before the longer chain
+    assert priorities(st, set(st)) == {"w": 6, "x": 2, "y": 1, "z": 5}
