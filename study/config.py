@@ -62,19 +62,10 @@ class RunConfig:
     seed: int = _f(
         0, "Base seed of the world: corpus, SFT initialisation and data order, pairs, flips."
     )
-    threads: int = _f(
-        1,
-        "torch intra-op threads of every stage but the world's; fixed so that CPU results repeat "
-        "bit for bit. `python -m study.pipeline` runs cores / threads stages side by side.",
-    )
-    world_threads: int = _f(
-        2,
-        "torch intra-op threads of the world stage, which runs alone at the head of the pipeline.",
-    )
+    threads: int = _f(2, "torch intra-op threads; fixed so that CPU results repeat bit for bit.")
 
     def __post_init__(self) -> None:
         _check(self.threads >= 1, "run.threads", "must be >= 1")
-        _check(self.world_threads >= 1, "run.world_threads", "must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ hub model of the `paper` profile) is sampled with `generate` by `study.generatio
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
 
 import torch
 import torch.nn.functional as F
@@ -23,14 +22,9 @@ from transformers import GPT2LMHeadModel, PreTrainedModel
 
 from study.config import SamplingConfig
 
-
-def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x, approximate="tanh")
-
-
 _ACTIVATIONS = {
-    "gelu_new": _gelu_tanh,  # GPT-2's own name and HF's later one for the same tanh GELU
-    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "gelu": F.gelu,
     "relu": F.relu,
 }
@@ -116,7 +110,7 @@ def _block_forward(
 @torch.no_grad()
 def gpt2_hidden_stream(
     model: GPT2LMHeadModel, query_ids: torch.Tensor, query_mask: torch.Tensor, n_new: int
-) -> Generator[torch.Tensor, torch.Tensor, None]:
+):
     """A generator over the final hidden states (B, H) that predict the next token of a
     left-padded batch: first after the query, then after each token sent into it
     (`hidden = stream.send(tokens)`, tokens (B,)). `model.lm_head(hidden)` are the logits."""

@@ -90,13 +90,13 @@ def sample(
     cfg: SamplingConfig,
     seed: int,
     progress: bool = False,
-    decoder: str = "auto",
+    decoder: str = "generate",
 ) -> Samples:
     """Sample one response per query with the sampling settings of `cfg`, seeded by `seed`.
 
-    `decoder`: ``auto`` (the KV-cached decoder of `study.decode` where the model is a GPT-2 it
-    supports, `generate` otherwise; the same draws, several times faster on small policies) or
-    ``generate`` (Hugging Face `generate` always).
+    `decoder`: ``generate`` (Hugging Face `generate`, what the world's data were sampled with) or
+    ``auto`` (the KV-cached decoder of `study.decode` where the model is a GPT-2 it supports,
+    `generate` otherwise): the same distribution, several times faster on small policies.
     """
     if decoder not in ("generate", "auto"):
         raise ValueError(f"decoder {decoder!r}: expected 'generate' or 'auto'")

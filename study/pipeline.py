@@ -1,9 +1,9 @@
 """Run the DVC pipeline's stale stages side by side: `python -m study.pipeline [targets] [-j N]`.
 
-`dvc repro` runs one stage at a time. The study's models are so small that a stage gains little
-from a second thread (a PPO step is 1.2x faster on two threads than on one, measured on the 2-core
-machine), while two one-thread stages side by side run at full speed each. This runner keeps
-`dvc repro`'s semantics and only changes the schedule: it asks DVC which stages are stale, and
+`dvc repro` runs one stage at a time, each on `run.threads` torch threads. On a machine with more
+cores than that, this runner keeps several stages going; with `dvc repro`'s semantics, it only
+changes the schedule (on the 2-core default machine, with `run.threads: 2`, it runs one stage at
+a time, as `dvc repro` does). It asks DVC which stages are stale, and
 runs each of them, and everything downstream of them, as `dvc repro --single-item <stage>` once
 every stage it depends on has finished, as many at a time as there are cores. DVC itself hashes
 the deps, runs the command, caches the outs and writes `dvc.lock`; it releases its repository lock
@@ -11,9 +11,8 @@ while a stage's command runs (and `--wait-for-lock` queues the short locked phas
 results are those of `dvc repro`, stage for stage, and a `dvc repro` afterwards runs nothing.
 
 A stage occupies as many cores as the torch threads it runs with: `run.threads` of the active
-profile, or the param that a stage names in its `meta: {threads: <param>}` (the world stage, alone
-at the head of the pipeline, names `run.world_threads`). A stage with `meta: {exclusive: true}`
-runs with nothing beside it (the cost measurements, whose timings another stage would disturb).
+profile, or the param that a stage names in its `meta: {threads: <param>}`. A stage with
+`meta: {exclusive: true}` runs with nothing beside it (for timings that a neighbour would disturb).
 Ready stages start in order of the longest chain of stages still to run behind them, counted in
 the minutes that a stage may estimate in `meta: {minutes: <n>}` (1 if it does not), so the
 critical path goes first and a long side study that only the report waits on does not start last.
@@ -54,7 +53,7 @@ class Stage:
 
 
 def _param(params: Any, dotted: str, stage: str) -> int:
-    """The integer at `dotted` (say `run.world_threads`) of the active profile's params."""
+    """The integer at `dotted` (say `run.threads`) of the active profile's params."""
     node = params
     for part in dotted.split("."):
         if not hasattr(node, part):

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from study.aggregate import aggregate
 from study.config import Params, SamplingConfig
@@ -83,6 +83,10 @@ class ValueModel(nn.Module):
         self.backbone = backbone
         self.head = zero_head(hidden_size(backbone.config))
 
+    @classmethod
+    def from_pretrained(cls, path: str) -> ValueModel:
+        return cls(AutoModel.from_pretrained(path))
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
         h = self.backbone(
@@ -95,7 +99,6 @@ class ValueModel(nn.Module):
 
 
 def hidden_size(config: Any) -> int:
-    """The width of a model's final hidden states (`hidden_size`, or GPT-2's `n_embd`)."""
     return getattr(config, "hidden_size", None) or config.n_embd
 
 

@@ -100,8 +100,8 @@ def test_sample_uses_it_for_gpt2_only_and_names_a_bad_decoder(tokenizer):
     assert not supports(_tiny(add_cross_attention=True))
     cfg = SamplingConfig(max_new_tokens=10, batch_size=3)
     queries = ["write a calm note about ocean . <sep>", "a short story <sep>"] * 2
-    fast = sample(policy, tokenizer, queries, cfg, seed=3)  # the default: the cached decoder
-    slow = sample(policy, tokenizer, queries, cfg, seed=3, decoder="generate")
+    fast = sample(policy, tokenizer, queries, cfg, seed=3, decoder="auto")
+    slow = sample(policy, tokenizer, queries, cfg, seed=3)
     assert fast.texts == slow.texts
     assert slow.hidden is None and fast.hidden.shape == (*fast.response_ids.shape, 32)
     assert torch.equal(fast.response_mask, slow.response_mask)

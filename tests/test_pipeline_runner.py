@@ -16,7 +16,7 @@ import pytest
 
 from study.pipeline import execute, load_stages, plan, priorities
 
-PARAMS = SimpleNamespace(run=SimpleNamespace(threads=1, world_threads=2))
+PARAMS = SimpleNamespace(run=SimpleNamespace(threads=1, wide_threads=2))
 DVC = [sys.executable, "-m", "dvc"]
 
 
@@ -72,7 +72,7 @@ def test_independent_stages_overlap_dependents_wait_and_a_second_run_does_nothin
         _stage("a", [])
         + _stage("b", [])
         + _stage("c", ["a.txt", "b.txt"])
-        + _stage("d", ["a.txt"], extra="  meta: {threads: run.world_threads}\n"),
+        + _stage("d", ["a.txt"], extra="  meta: {threads: run.wide_threads}\n"),
     )
     stages, run = _run(root, 2, monkeypatch)
     assert run == {"a", "b", "c", "d"}

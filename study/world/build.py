@@ -76,7 +76,7 @@ def _seed(params: Params, offset: int) -> int:
 
 def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Make every artifact of the world stage under `out_dir` (atomically); return the summary."""
-    torch.set_num_threads(params.run.world_threads)
+    torch.set_num_threads(params.run.threads)
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {"profile": params.profile}
     src = params.sources
