@@ -96,7 +96,8 @@ def test_independent_stages_overlap_dependents_wait_and_a_second_run_does_nothin
     stages, stale = load_stages(root, PARAMS)
     assert plan(stages, stale) == {"a", "c", "d"}
     assert plan(stages, stale, ["c"]) == {"a", "c"}
-    assert plan(stages, stale, ["c"], single_item=True) == {"c"}
+    assert plan(stages, stale, ["a"], single_item=True) == {"a"}  # not what is downstream
+    assert plan(stages, stale, ["c"], single_item=True) == set()  # c is stale only once a reruns
     assert plan(stages, stale, ["b"], force=True, single_item=True) == {"b"}
     assert plan(stages, stale, ["c"], force=True) == {"a", "b", "c"}
 
