@@ -1,11 +1,11 @@
 """Run the DVC pipeline's stale stages side by side: `python -m study.pipeline [targets] [-j N]`.
 
 `dvc repro` runs one stage at a time, each on `run.threads` torch threads. On a machine with more
-cores than that, this runner keeps several stages going; with `dvc repro`'s semantics, it only
+cores than that, this runner keeps several stages going; it keeps `dvc repro`'s semantics and only
 changes the schedule (on the 2-core default machine, with `run.threads: 2`, it runs one stage at
-a time, as `dvc repro` does). It asks DVC which stages are stale, and
-runs each of them, and everything downstream of them, as `dvc repro --single-item <stage>` once
-every stage it depends on has finished, as many at a time as there are cores. DVC itself hashes
+a time, as `dvc repro` does). It asks DVC which stages are stale, and runs each of them, and
+everything downstream of them, as `dvc repro --single-item <stage>` once every stage it depends
+on has finished, as many at a time as there are cores. DVC itself hashes
 the deps, runs the command, caches the outs and writes `dvc.lock`; it releases its repository lock
 while a stage's command runs (and `--wait-for-lock` queues the short locked phases), so the
 results are those of `dvc repro`, stage for stage, and a `dvc repro` afterwards runs nothing.
