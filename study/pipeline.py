@@ -129,10 +129,7 @@ def plan(
             if n not in scope:
                 scope.add(n)
                 todo.extend(stages[n].upstream)
-    downstream: dict[str, set[str]] = {n: set() for n in stages}
-    for n, s in stages.items():
-        for u in s.upstream:
-            downstream[u].add(n)
+    downstream = _downstream(stages, set(stages))
     run, todo = set(), [n for n in scope if force or n in stale]
     while todo:
         n = todo.pop()
@@ -142,14 +139,25 @@ def plan(
     return run
 
 
+def _downstream(stages: dict[str, Stage], within: set[str]) -> dict[str, set[str]]:
+    """For each stage of `within`, the stages of `within` that depend on it directly."""
+    down: dict[str, set[str]] = {n: set() for n in within}
+    for n in within:
+        for u in stages[n].upstream & within:
+            down[u].add(n)
+    return down
+
+
+def start_order(stages: dict[str, Stage], names: set[str], prio: dict[str, float]) -> list[str]:
+    """`names` in the order they start when all are ready: longest chain first, then dvc.yaml's."""
+    return sorted(names, key=lambda n: (-prio[n], stages[n].order))
+
+
 def priorities(stages: dict[str, Stage], run: set[str]) -> dict[str, float]:
     """For each stage to run, the estimated minutes of the longest chain of stages to run that
     starts at it (itself included; a stage without `meta.minutes` counts 1): the critical path
     goes first, and a long stage that nothing waits on does not start last."""
-    downstream: dict[str, set[str]] = {n: set() for n in run}
-    for n in run:
-        for u in stages[n].upstream & run:
-            downstream[u].add(n)
+    downstream = _downstream(stages, run)
     memo: dict[str, float] = {}
 
     def depth(n: str) -> float:
@@ -189,10 +197,10 @@ def execute(
         return cores - sum(need[n] for n in running)
 
     def ready() -> list[str]:
-        waiting = [
-            n for n in run - done - set(running) if not failed and stages[n].upstream & run <= done
-        ]
-        return sorted(waiting, key=lambda n: (-prio[n], stages[n].order))
+        if failed:
+            return []
+        waiting = {n for n in run - done - set(running) if stages[n].upstream & run <= done}
+        return start_order(stages, waiting, prio)
 
     try:
         while len(done) + len(failed) < len(run) and (running or not failed):
@@ -288,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     prio = priorities(stages, run)
     print(f"{len(run)} stage(s) to run on {args.cores} core(s):")
-    for n in sorted(run, key=lambda n: (-prio[n], stages[n].order)):
+    for n in start_order(stages, run, prio):
         s = stages[n]
         print(f"  {n}  ({s.cores} core(s){', exclusive' if s.exclusive else ''})")
     if args.dry:

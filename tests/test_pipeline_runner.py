@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from study.pipeline import execute, load_stages, plan, priorities
+from study.pipeline import execute, load_stages, plan, priorities, start_order
 
 PARAMS = SimpleNamespace(run=SimpleNamespace(threads=1, wide_threads=2))
 DVC = [sys.executable, "-m", "dvc"]
@@ -166,5 +166,7 @@ def test_priorities_put_the_longest_chain_first():
     }
     assert priorities(st, set(st)) == {"w": 3, "x": 2, "y": 1, "z": 1}
     assert priorities(st, {"x", "y", "z"}) == {"x": 2, "y": 1, "z": 1}
+    st["y"].order, st["z"].order = 2, 1  # ties go in dvc.yaml's order
+    assert start_order(st, {"y", "z", "x"}, priorities(st, set(st))) == ["x", "z", "y"]
     st["z"].minutes = 5.0  # a long stage that nothing waits on goes before the longer chain
     assert priorities(st, set(st)) == {"w": 6, "x": 2, "y": 1, "z": 5}
