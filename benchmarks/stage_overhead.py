@@ -23,8 +23,8 @@ on its own, in fresh processes, as the median of `--repeats`:
 
 The floor of a stage is papermill + its notebook's imports, nbconvert and dvc, summed over the
 stages of dvc.yaml (each read from its command's notebook): a lower bound, since it leaves out
-what DVC does after a command and what a kernel does between cells. Side by side on more cores the
-floor divides by the stages that fit; on the 2-core machine, with `run.threads: 2`, it does not.
+what DVC does after a command and what a kernel does between cells. It is the floor of stages run
+one at a time; two side by side on the 2-core machine were measured no faster (see the README).
 A reference GEMM (fp32, 1824x128 @ 128x512, the PPO update's largest on the default profile) on
 `run.threads` threads gives the host's speed, so that runs on different hosts can be compared.
 
@@ -178,11 +178,10 @@ def main() -> None:
         trivial = work / "one_cell.ipynb"
         one_cell_notebook(trivial)
         papermill = [str(BIN / "papermill"), str(trivial), str(work / "out.ipynb")]
-        record(
-            "papermill",
-            wall([*papermill, "--cwd", str(work), "--log-level", "WARNING"], ROOT, args.repeats),
-            "one parameters cell and one `pass` cell",
+        kernel = wall(
+            [*papermill, "--cwd", str(work), "--log-level", "WARNING"], ROOT, args.repeats
         )
+        record("papermill", kernel, "one parameters cell and one `pass` cell")
         nbconvert = [str(BIN / "jupyter"), "nbconvert", "--to", "html", "--log-level", "WARN"]
         nbconvert_out = ["--output-dir", str(work / "html")]
         trivial_html = wall([*nbconvert, *nbconvert_out, str(work / "out.ipynb")], ROOT, 1)
@@ -202,24 +201,17 @@ def main() -> None:
             executed = ROOT / report
             if executed.exists():
                 conv = wall([*nbconvert, *nbconvert_out, str(executed)], ROOT, args.repeats)
-                record(
-                    f"nbconvert:{Path(nb).stem}",
-                    conv,
-                    f"{report} ({executed.stat().st_size // 1024} KiB)",
-                )
+                what = f"{report} ({executed.stat().st_size // 1024} KiB)"
             else:
-                conv = trivial_html
-                record(
-                    f"nbconvert:{Path(nb).stem}", conv, f"{report} absent: the one-cell notebook"
-                )
+                conv, what = trivial_html, f"{report} absent: the one-cell notebook"
+            record(f"nbconvert:{Path(nb).stem}", conv, what)
             repro = wall([*dvc, stage], ROOT, args.repeats)
             record(f"dvc:{Path(nb).stem}", repro, f"dvc repro --dry --single-item {stage}")
             per_notebook[nb] = (imp, conv, repro)
         shutil.rmtree(work / "html", ignore_errors=True)
 
-    fixed = rows[0]["value"]  # papermill, every stage
     floors = pd.DataFrame(
-        [{"stage": s, "notebook": Path(nb).stem, "seconds": fixed + sum(per_notebook[nb])}
+        [{"stage": s, "notebook": Path(nb).stem, "seconds": kernel + sum(per_notebook[nb])}
          for s, nb, _ in stages]
     )  # fmt: skip
     for nb, group in floors.groupby("notebook", sort=False):
