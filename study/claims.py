@@ -1,15 +1,23 @@
 """The claims table: each claim of Ahmed et al. (and of Coste et al. where it bears), what the runs
 measured, and a verdict read off the numbers by a fixed rule.
 
-Verdicts, for a difference d = a − b over seeds with its 95% Welch interval [lo, hi]:
+Verdicts, for a difference d = a − b over seeds with its 95% interval [lo, hi] — **paired** over
+seeds where the two arms share them (the same preference split, reward-model seed index and PPO
+draws: every PPO and best-of-n comparison between arms), Welch's otherwise:
 
 - a claim that a is **better** than b: *supported* when lo > 0, *not supported* when hi < 0
   (the interval says the opposite), *inconclusive* otherwise;
 - a claim that a is **as good as** b (parity within `margin`): *supported* when [lo, hi] lies
   within ±margin, *not supported* when it lies wholly outside (|d| is surely larger than the
   margin), *inconclusive* otherwise;
+- a measure at a matched KL level counts only when every seed of both arms reached the level;
+  otherwise the row says how many did and gives no verdict;
 - with fewer than two values on a side there is no interval: *inconclusive (n = 1)*, with the
   numbers still shown.
+
+Each comparison also states its power: the smallest true difference the design detects with
+80% probability (`study.stats.detectable_difference`), and, for a parity claim, how many seeds
+would make its interval narrower than the margin (`study.stats.seeds_for_margin`).
 
 The rules are fixed before any run is read; nothing here knows what the paper found.
 """
@@ -24,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from study.analysis import require_columns
-from study.stats import t975
+from study.stats import detectable_difference, paired_diff, seeds_for_margin, t975
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
@@ -93,6 +101,9 @@ class Claim:
     measured: str
     seeds: str
     verdict: str
+    design: str = ""
+    detectable: str = ""
+    seeds_needed: str = ""
 
 
 def _mean_str(x: np.ndarray, digits: int) -> str:
@@ -102,29 +113,55 @@ def _mean_str(x: np.ndarray, digits: int) -> str:
 def compare(
     claim: str, source: str, measure: str, a_name: str, a: Sequence[float],
     b_name: str, b: Sequence[float], kind: str = "better", margin: float = 0.0, digits: int = 2,
+    paired: bool = False, all_seeds: bool = False,
 ) -> Claim:  # fmt: skip
-    """One row of the table comparing a against b (`kind` 'better', 'worse' or 'parity')."""
-    va, vb = _values(a), _values(b)
-    diff, hw, _ = welch_diff(va, vb)
+    """One row of the table comparing a against b (`kind` 'better', 'worse' or 'parity').
+
+    `paired`: a[i] and b[i] are the same seed (`study.stats.paired_diff`); otherwise Welch.
+    `all_seeds`: a NaN (a matched-KL level a run never reached) withholds the verdict.
+    """
+    if kind not in ("better", "worse", "parity"):
+        raise ValueError(f"kind must be 'better', 'worse' or 'parity', got {kind!r}")
+    a_all, b_all = np.asarray(list(a), np.float64), np.asarray(list(b), np.float64)
+    va, vb = _values(a_all), _values(b_all)
+    if paired:
+        if len(a_all) != len(b_all):
+            raise ValueError(f"{measure}: paired values of unequal length ({a_name}, {b_name})")
+        p = paired_diff(a_all, b_all)
+        diff, hw, sd, n = p["diff"], p["ci95"], p["sd"], p["n"]
+        design = f"paired over {n} seeds"
+    else:
+        diff, hw, _ = welch_diff(va, vb)
+        n = min(len(va), len(vb))
+        sd = hw / t975(n - 1) * math.sqrt(n) if n >= 2 and math.isfinite(hw) else float("nan")
+        design = "independent (Welch)"
     if kind == "better":
         verdict = verdict_better(diff, hw)
     elif kind == "worse":  # a claim that a is lower than b (a lower ECE, a smaller cost)
         verdict = verdict_better(-diff, hw)
-    elif kind == "parity":
-        verdict = verdict_parity(diff, hw, margin)
     else:
-        raise ValueError(f"kind must be 'better', 'worse' or 'parity', got {kind!r}")
+        verdict = verdict_parity(diff, hw, margin)
     measured = f"{a_name} {_mean_str(va, digits)} vs {b_name} {_mean_str(vb, digits)}"
     if math.isfinite(diff):
         interval = f" ± {hw:.{digits}f}" if math.isfinite(hw) else " (no interval)"
         measured += f": difference {diff:+.{digits}f}{interval}"
     if kind == "parity":
         measured += f" (margin ±{margin:g})"
-    n = min(len(va), len(vb))
     if n < 2 and verdict == INCONCLUSIVE:
         verdict = f"{INCONCLUSIVE} (n = {n})"
+    if all_seeds and (len(va) < len(a_all) or len(vb) < len(b_all)):
+        verdict = (
+            f"{INCONCLUSIVE} (level reached by {len(va)}/{len(a_all)} and "
+            f"{len(vb)}/{len(b_all)} seeds)"
+        )
     seeds = f"{len(va)} vs {len(vb)}" if len(va) != len(vb) else str(len(va))
-    return Claim(claim, source, measure, measured, seeds, verdict)
+    detectable = detectable_difference(sd, n)
+    needed = seeds_for_margin(sd, margin) if kind == "parity" and math.isfinite(sd) else None
+    return Claim(
+        claim, source, measure, measured, seeds, verdict, design,
+        f"{detectable:.{digits}f}" if math.isfinite(detectable) else "",
+        str(needed) if needed is not None else "",
+    )  # fmt: skip
 
 
 def table(claims: Sequence[Claim]) -> pd.DataFrame:
@@ -156,6 +193,25 @@ def bon_turnover(curves: pd.DataFrame, variant: str, n_se: float = 2.0) -> tuple
     return turned, c["seed"].nunique(), "; ".join(parts)
 
 
+def paired_values(
+    table: pd.DataFrame, a: str, b: str, column: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """`column` of variants a and b on the seeds both have, aligned by seed (one row per
+    variant and seed in `table`)."""
+    if column not in table.columns:
+        raise KeyError(f"runs table: missing column {column} (has {', '.join(table.columns)})")
+    sa = table[table["variant"] == a].set_index("seed")[column]
+    sb = table[table["variant"] == b].set_index("seed")[column]
+    seeds = sorted(set(sa.index) & set(sb.index))
+    return sa.loc[seeds].to_numpy(np.float64), sb.loc[seeds].to_numpy(np.float64)
+
+
+def bon_final_table(curves: pd.DataFrame) -> pd.DataFrame:
+    """Gold at the largest n of each (variant, seed) best-of-n curve: columns variant, seed, gold."""
+    last = curves.loc[curves.groupby(["variant", "seed"])["n"].idxmax()]
+    return last[["variant", "seed", "gold"]].reset_index(drop=True)
+
+
 def bon_final(curves: pd.DataFrame, variant: str) -> np.ndarray:
     """Gold at the largest n of each seed's best-of-n curve."""
     c = curves[curves["variant"] == variant]
@@ -170,6 +226,7 @@ def build_claims(
     ablation: pd.DataFrame,
     claims_kl: float,
     margin: float,
+    kl_levels: Sequence[float] = (),
 ) -> pd.DataFrame:
     """The study's claims table from the stages' outputs: `runs` (results/ppo/runs.parquet),
     `ece` (results/rm/ece.csv: family, seed, method, target, ece), `cost`
@@ -188,11 +245,23 @@ def build_claims(
         if key not in cost:
             raise KeyError(f"results/rm/cost_metrics.json: missing key {key}")
 
-    def R(variant: str, column: str) -> np.ndarray:
-        return runs_of(runs, variant, column)
-
     gao, coste, ahmed = "Gao et al. 2023", "Coste et al. 2024", "Ahmed et al. 2024"
     rows: list[Claim] = []
+    variants = set(runs["variant"])
+
+    def ppo(
+        claim: str, who: str, measure: str, a: str, b: str, col: str, kind: str = "better"
+    ) -> Claim:
+        """Arms a and b through PPO, paired over the seeds both ran; a KL level counts only when
+        every seed of both reached it."""
+        va, vb = paired_values(runs, a, b, col)
+        return compare(claim, who, measure, a, va, b, vb, kind, margin, paired=True,
+                       all_seeds=col.startswith("gold_at_kl"))  # fmt: skip
+
+    def bon(claim: str, who: str, a: str, b: str, kind: str = "better") -> Claim:
+        va, vb = paired_values(bon_final_table(bon_curves), a, b, "gold")
+        return compare(claim, who, "BoN gold at the largest n", a, va, b, vb, kind, margin,
+                       paired=True)  # fmt: skip
 
     over = runs.loc[runs["variant"] == "single", "overoptimised"].astype(bool)
     rows.append(
@@ -216,24 +285,41 @@ def build_claims(
             verdict_count(turned, n_bon),
         )
     )
-    for fam, who, claim in (
-        ("ensemble", coste, "An ensemble's minimum mitigates overoptimisation against a single RM"),
-        ("multihead", ahmed, "A multi-head RM's minimum mitigates overoptimisation against a single RM"),
-    ):  # fmt: skip
-        v = f"{fam}_min"
-        rows.append(compare(claim, who, "PPO final gold", v, R(v, "gold_final"),
-                            "single", R("single", "gold_final")))  # fmt: skip
-        rows.append(compare(claim + ", at matched KL", who, f"PPO gold at KL {claims_kl:g}",
-                            v, R(v, at), "single", R("single", at)))  # fmt: skip
-        rows.append(compare(claim + " (best-of-n)", who, "BoN gold at the largest n",
-                            v, bon_final(bon_curves, v), "single", bon_final(bon_curves, "single")))  # fmt: skip
-    claim = "Multi-head min protects as well as a full ensemble's min"
-    for measure, col in (("PPO final gold", "gold_final"), (f"PPO gold at KL {claims_kl:g}", at)):
-        rows.append(compare(claim, ahmed, measure, "multihead_min", R("multihead_min", col),
-                            "ensemble_min", R("ensemble_min", col), "parity", margin))  # fmt: skip
-    rows.append(compare(claim + " (best-of-n)", ahmed, "BoN gold at the largest n",
-                        "multihead_min", bon_final(bon_curves, "multihead_min"),
-                        "ensemble_min", bon_final(bon_curves, "ensemble_min"), "parity", margin))  # fmt: skip
+    # the headline: each arm's minimum against the single RM and against the full ensemble's
+    # minimum, at matched KL; each row differs from the ensemble in what its label says
+    arms = [
+        ("ensemble_min", "full ensemble, 3 epochs each (Coste et al.; the paper's text)", coste),
+        ("multihead_min", "multi-head, 1 epoch (the paper's text): differs from the ensemble in "
+         "architecture and in epochs (1 vs 3)", ahmed),
+        ("multihead-3ep_min", "multi-head, 3 epochs (epoch-matched: differs from the ensemble in "
+         "architecture only)", ahmed),
+        ("multihead-authors_min", "multi-head in the authors' code's regime (nn.Linear init, head "
+         "lr = encoder lr × reward.head_lr_mult, 3 epochs)", ahmed),
+    ]  # fmt: skip
+    levels = [x for x in kl_levels if x <= claims_kl] or [claims_kl]
+    for v, label, who in arms:
+        if v not in variants:
+            continue
+        for level in levels[-2:]:
+            rows.append(ppo(f"{label}: its minimum mitigates overoptimisation against a single RM",
+                            who, f"PPO gold at KL {level:g}", v, "single", f"gold_at_kl{level:g}"))  # fmt: skip
+        rows.append(
+            bon(f"{label}: its minimum mitigates overoptimisation (best-of-n)", who, v, "single")
+        )
+        if v == "ensemble_min":
+            continue
+        for level in levels[-2:]:
+            rows.append(ppo(f"{label}: its minimum protects as well as the full ensemble's",
+                            ahmed, f"PPO gold at KL {level:g}", v, "ensemble_min",
+                            f"gold_at_kl{level:g}", "parity"))  # fmt: skip
+        rows.append(ppo(f"{label}: its minimum protects as well as the full ensemble's", ahmed,
+                        "PPO final gold", v, "ensemble_min", "gold_final", "parity"))  # fmt: skip
+        rows.append(bon(f"{label}: its minimum protects as well as the full ensemble's (best-of-n)",
+                        ahmed, v, "ensemble_min", "parity"))  # fmt: skip
+    if {"multihead_min", "multihead-3ep_min"} <= variants:
+        rows.append(ppo("One epoch per head is enough: 1 epoch protects as well as 3", ahmed,
+                        f"PPO gold at KL {claims_kl:g}", "multihead_min", "multihead-3ep_min",
+                        at, "parity"))  # fmt: skip
     ratio = cost["multihead_train_epoch_x"] / cost["ensemble_train_total_x"]
     rows.append(
         Claim(
@@ -249,13 +335,14 @@ def build_claims(
     )
     for fam in ("multihead", "ensemble"):
         for method in ("mean", "uwo"):
-            rows.append(compare(
+            if f"{fam}_{method}" not in variants:
+                continue
+            rows.append(ppo(
                 "The minimum is the better aggregation" if method == "mean"
                 else "UWO (mean − λ·variance) does about as well as the minimum",
-                ahmed if fam == "multihead" and method == "mean" else coste, "PPO final gold",
-                f"{fam}_min", R(f"{fam}_min", "gold_final"),
-                f"{fam}_{method}", R(f"{fam}_{method}", "gold_final"),
-                "better" if method == "mean" else "parity", margin,
+                ahmed if fam == "multihead" and method == "mean" else coste,
+                f"PPO gold at KL {claims_kl:g}", f"{fam}_min", f"{fam}_{method}", at,
+                "better" if method == "mean" else "parity",
             ))  # fmt: skip
     clean = ece[ece["target"] == "clean"]
     for fam in ("multihead", "ensemble"):
@@ -267,13 +354,6 @@ def build_claims(
                 "min", e.loc[e["method"] == "min", "ece"], other, e.loc[e["method"] == other, "ece"],
                 "worse", digits=3,
             ))  # fmt: skip
-    ab = ablation.set_index("label")
-    if {"multihead 1 epoch", "multihead 3 epochs"} <= set(ab.index):
-        rows.append(compare(
-            "One epoch per head is enough (no gain from 3)", ahmed, "PPO final gold (ablation)",
-            "1 epoch", [ab.loc["multihead 1 epoch", "gold_final"]],
-            "3 epochs", [ab.loc["multihead 3 epochs", "gold_final"]], "parity", margin,
-        ))  # fmt: skip
     heads = ablation[(ablation["group"] == "heads")].sort_values("k")
     if len(heads) >= 2:
         lo, hi = heads.iloc[0], heads.iloc[-1]

@@ -296,6 +296,7 @@ class PreferencesConfig:
 
 
 RESAMPLING = ("none", "bootstrap", "poisson")
+HEAD_INITS = ("normal", "linear")
 
 
 @dataclass(frozen=True)
@@ -318,16 +319,27 @@ class RewardConfig:
     )
     grad_clip: float = _f(1.0, "Gradient-norm clip.")
     epochs_single: int = _f(1, "Epochs of the single reward model.")
-    epochs_multihead: int = _f(1, "Epochs of the multi-head model (Ahmed et al.: 1).")
+    epochs_multihead: int = _f(
+        1,
+        "Epochs of the multi-head model (1 as the paper's text states; the authors' training script runs 3: arm multihead-3ep).",
+    )
     epochs_ensemble: int = _f(
-        3, "Epochs of each full-ensemble member (Ahmed et al. after Coste et al.: 3)."
+        3, "Epochs of each full-ensemble member (the paper's text, after Coste et al.: 3)."
     )
     resample: str = _f(
         "none",
         "Per-head (per-member) resampling of the training pairs: 'none' (heads differ by initialisation only, the paper's setting), 'bootstrap' (multinomial counts) or 'poisson' (Poisson(1) weights).",
     )
+    head_init: str = _f(
+        "normal",
+        "How the heads start: 'normal' (N(0, head_init_std), zero bias) or 'linear' (torch.nn.Linear's own default, U(-1/sqrt(d), 1/sqrt(d)) for weights and bias, as the authors' code).",
+    )
     head_init_std: float = _f(
-        0.02, "Standard deviation of the normal initialisation of every head."
+        0.02, "Standard deviation of the heads' normal initialisation (head_init: normal)."
+    )
+    head_lr_mult: float = _f(
+        1.0,
+        "The heads' learning rate as a multiple of the encoder's (reward.lr); the authors' heads train at 3e-6 and stay near their initialisation.",
     )
     freeze_encoder: bool = _f(False, "Train the heads only, on the initial encoder's features.")
     uwo_lambda: float = _f(
@@ -337,6 +349,16 @@ class RewardConfig:
     ensemble_scoring: str = _f(
         "auto",
         "How a full ensemble scores: 'vmap' (members batched over stacked weights), 'loop' (one after the other) or 'auto' (vmap on a GPU, loop on a CPU, where vmap was measured 2-3x slower).",
+    )
+    arms: dict = _f(
+        {
+            "multihead-3ep": {"family": "multihead", "overrides": ["epochs_multihead=3"]},
+            "multihead-authors": {
+                "family": "multihead",
+                "overrides": ["head_init=linear", "head_lr_mult=0.01", "epochs_multihead=3"],
+            },
+        },
+        "Named reward-model arms beyond the three families: name -> {family, overrides of this section ('key=value')}. A name is '<family>-<tag>'; it trains and is optimised like its family (rm@<name>-<seed>, variant <name>_min).",
     )
 
     def __post_init__(self) -> None:
@@ -360,12 +382,51 @@ class RewardConfig:
             f"must be one of {', '.join(RESAMPLING)}, got {self.resample!r}",
         )
         _check(self.head_init_std > 0, "reward.head_init_std", "must be > 0")
+        _check(
+            self.head_init in HEAD_INITS,
+            "reward.head_init",
+            f"must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}",
+        )
+        _check(self.head_lr_mult > 0, "reward.head_lr_mult", "must be > 0")
+        for name, arm in self.arms.items():
+            where = f"reward.arms.{name}"
+            _check(
+                isinstance(arm, dict) and set(arm) == {"family", "overrides"},
+                where,
+                "must be a mapping with exactly the keys family and overrides",
+            )
+            _check(
+                arm["family"] in ("single", "multihead", "ensemble")
+                and str(name).startswith(f"{arm['family']}-")
+                and "_" not in str(name),
+                where,
+                "family must be single, multihead or ensemble, and the name '<family>-<tag>' "
+                "without '_'",
+            )
+            _check(
+                isinstance(arm["overrides"], list)
+                and all(isinstance(o, str) and not o.startswith("arms") for o in arm["overrides"]),
+                f"{where}.overrides",
+                "must be a list of 'key=value' strings of the reward section (not arms)",
+            )
         _check(self.uwo_lambda >= 0, "reward.uwo_lambda", "must be >= 0")
         _check(self.eval_batch_size >= 1, "reward.eval_batch_size", "must be >= 1")
 
     def vectorize_ensemble(self, cuda: bool) -> bool:
         """Whether a full ensemble scores with vmap, on this device."""
         return self.ensemble_scoring == "vmap" or (self.ensemble_scoring == "auto" and cuda)
+
+    def arm(self, name: str) -> tuple[str, RewardConfig]:
+        """(family, this section with the arm's overrides) of a family or a named arm."""
+        if name in ("single", "multihead", "ensemble"):
+            return name, self
+        if name not in self.arms:
+            known = ", ".join(["single", "multihead", "ensemble", *self.arms])
+            raise ConfigError(f"reward arm {name!r}: unknown (known: {known})")
+        cfg = self
+        for option in self.arms[name]["overrides"]:
+            cfg = with_override(cfg, option, f"reward.arms.{name}")
+        return self.arms[name]["family"], cfg
 
     def epochs(self, family: str) -> int:
         """Epochs for a family ('single', 'multihead' or 'ensemble')."""
@@ -442,7 +503,10 @@ class PPOConfig:
     lr: float = _f(1e-4, "Peak Adam learning rate of the policy.")
     value_lr: float = _f(1e-4, "Peak Adam learning rate of the critic.")
     warmup_steps: int = _f(3, "Linear warm-up steps, then cosine decay to 10%.")
-    kl_coef: float = _f(0.02, "beta: weight of the per-token KL penalty in the shaped reward.")
+    kl_coef: float = _f(
+        0.005,
+        "beta: weight of the per-token KL penalty in the shaped reward (0.005: every arm passes KL 10 within ppo.steps, past the single proxy's peak).",
+    )
     adaptive_kl: bool = _f(False, "Adapt beta towards kl_target (Ziegler et al.).")
     kl_target: float = _f(6.0, "Target KL (nats per response) of the adaptive controller.")
     kl_horizon: int = _f(10000, "Horizon of the adaptive controller, in samples.")
@@ -602,7 +666,7 @@ class RLOOConfig:
 @dataclass(frozen=True)
 class ReportConfig:
     kl_levels: list[float] = _f(
-        [2.0, 5.0, 10.0, 20.0],
+        [2.0, 5.0, 10.0, 15.0],
         "KL levels (nats) at which variants' gold is compared on the gold-vs-KL frontier (matched KL); a run that never reaches a level has no value there.",
     )
     min_gain_lost: float = _f(
@@ -611,7 +675,7 @@ class ReportConfig:
     )
 
     claims_kl: float = _f(
-        5.0,
+        10.0,
         "The matched-KL level (one of kl_levels) at which the claims table compares variants' gold.",
     )
     equivalence_margin: float = _f(
@@ -661,6 +725,8 @@ class Params:
         )
         for opt in [*self.reward_eval.diversity_sweep, *self.reward_eval.diversity_common]:
             with_override(self.reward, opt, "reward_eval.diversity_sweep")
+        for name in self.reward.arms:  # every arm's overrides are valid keys and values
+            self.reward.arm(name)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -32,7 +32,7 @@ import torch.nn as nn
 from tqdm import tqdm
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from study.aggregate import aggregate
+from study.aggregate import aggregate, head_correlation
 from study.config import Params, SamplingConfig
 from study.generation import Samples, format_queries, sample
 from study.hub import load_tokenizer
@@ -456,6 +456,7 @@ def _log_row(
         "head_std": ro.head_rewards.std(0, unbiased=False).mean().item()
         if ro.head_rewards.shape[0] > 1
         else 0.0,
+        "head_corr": head_correlation(ro.head_rewards),
         "gold": float(gold.total.mean()),
         "response_length": mask.sum(1).mean().item(),
         "finished": float(np.mean(ro.finished)),
@@ -502,6 +503,7 @@ def evaluate_policy(
             "finished": np.asarray(s.finished, dtype=bool),
             "kl": kl_seq.numpy(),
             "proxy": proxy.numpy(),
+            **{f"head{h}": heads[h].numpy() for h in range(heads.shape[0])},
             "gold": np.asarray(g.total, dtype=np.float64),
             **{f"gold_{k}": np.asarray(v, dtype=np.float64) for k, v in g.contributions.items()},
         }
@@ -511,6 +513,7 @@ def evaluate_policy(
         "kl_k3": (kl_k3(lp, ref_lp) * rmask).sum(1).mean().item(),
         "proxy": proxy.mean().item(),
         "head_std": heads.std(0, unbiased=False).mean().item() if heads.shape[0] > 1 else 0.0,
+        "head_corr": head_correlation(heads),
         "gold": float(g.total.mean()),
         "response_length": rmask.sum(1).mean().item(),
     }

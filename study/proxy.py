@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from study.aggregate import METHODS
 from study.config import Params, SamplingConfig
 from study.generation import Samples, format_queries, sample
 from study.hub import load_tokenizer
@@ -69,17 +70,19 @@ def trim_responses(samples: Samples) -> Samples:
 
 
 def variant_spec(variant: str) -> tuple[str, str]:
-    """(reward source, aggregation) of a variant: 'multihead_min' -> ('multihead', 'min')."""
+    """(reward source, aggregation) of a variant: 'multihead_min' -> ('multihead', 'min'),
+    'multihead-3ep_min' -> ('multihead-3ep', 'min')."""
     if variant == "single":
         return "single", "mean"
     if variant == "gold":
         return "gold", "mean"
-    family, _, method = variant.partition("_")
-    if family not in ("multihead", "ensemble") or method not in ("min", "mean", "max", "uwo"):
+    arm, _, method = variant.partition("_")
+    if arm.partition("-")[0] not in ("multihead", "ensemble") or method not in METHODS:
         raise ValueError(
-            f"variant {variant!r}: expected single, gold or <multihead|ensemble>_<min|mean|max|uwo>"
+            f"variant {variant!r}: expected single, gold or <arm>_<min|mean|max|uwo>, where the "
+            "arm is multihead, ensemble or a named arm of reward.arms (multihead-3ep, ...)"
         )
-    return family, method
+    return arm, method
 
 
 def _seed(*parts: int) -> int:

@@ -49,7 +49,21 @@ class RewardModelConfig(PreTrainedConfig):
 
     model_type = "study_reward_model"
     encoder: dict | None = None
+    head_init: str = "normal"
     head_init_std: float = 0.02
+
+
+def init_heads(score: nn.Linear, mode: str, std: float = 0.02) -> None:
+    """Draw the K heads (a Linear(d, K)) in place: 'normal' is N(0, std) weights and zero bias;
+    'linear' is torch.nn.Linear's own default (Kaiming-uniform with a = sqrt(5), i.e.
+    U(-1/sqrt(d), 1/sqrt(d)) for the weights, and the same bound for the bias)."""
+    if mode == "normal":
+        nn.init.normal_(score.weight, std=std)
+        nn.init.zeros_(score.bias)
+    elif mode == "linear":
+        score.reset_parameters()
+    else:
+        raise RewardModelError(f"head_init: unknown mode {mode!r} (known: normal, linear)")
 
 
 class MultiHeadRewardModel(PreTrainedModel):
@@ -71,8 +85,7 @@ class MultiHeadRewardModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         if module is getattr(self, "score", None):
-            nn.init.normal_(module.weight, std=self.config.head_init_std)
-            nn.init.zeros_(module.bias)
+            init_heads(module, self.config.head_init, self.config.head_init_std)
 
     @property
     def k(self) -> int:
@@ -210,6 +223,7 @@ def build_reward_model(
     seed: int,
     head_init_std: float = 0.02,
     pad_token_id: int | None = None,
+    head_init: str = "normal",
 ) -> MultiHeadRewardModel:
     """A fresh K-head reward model; the heads are drawn from `seed`.
 
@@ -226,6 +240,7 @@ def build_reward_model(
     config = RewardModelConfig(
         encoder=enc_config.to_dict(),
         num_labels=k,
+        head_init=head_init,
         head_init_std=head_init_std,
         pad_token_id=pad_token_id if pad_token_id is not None else enc_config.pad_token_id,
     )

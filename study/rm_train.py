@@ -123,6 +123,12 @@ def bt_step(
     return loss.item(), acc, float(grad_norm)
 
 
+def head_moved(weight: torch.Tensor, start: torch.Tensor) -> float:
+    """How far the heads (K, d) have moved from their start: ||W − W_0|| / ||W_0|| (Frobenius)."""
+    with torch.no_grad():
+        return float((weight - start).norm() / start.norm().clamp_min(1e-12))
+
+
 def train_reward_model(
     model: MultiHeadRewardModel,
     pairs: EncodedPairs,
@@ -147,7 +153,14 @@ def train_reward_model(
     if cfg.freeze_encoder:
         model.encoder.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    heads = {id(p) for p in model.score.parameters()}
+    groups = [  # the heads' learning rate is reward.head_lr_mult times the encoder's
+        {"params": [p for p in trainable if id(p) not in heads], "lr_mult": 1.0},
+        {"params": [p for p in trainable if id(p) in heads], "lr_mult": cfg.head_lr_mult},
+    ]
+    opt = torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     steps_per_epoch = len(
         length_grouped_batches(lengths, cfg.batch_size, np.random.default_rng(0), drop_last=False)
     )
@@ -155,6 +168,7 @@ def train_reward_model(
         steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * epochs)
     )
     warmup = int(cfg.warmup_fraction * total)
+    w0 = model.score.weight.detach().clone()  # (K, d): how far the heads move from their start
     rows = []
     step = 0
     model.train()
@@ -170,7 +184,7 @@ def train_reward_model(
             idx = torch.as_tensor(batch)
             lr = warmup_cosine(step, total, warmup, cfg.lr)
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_mult"]
             loss, acc, grad_norm = bt_step(
                 model, opt, trainable, pairs, idx, pad_id, cfg.grad_clip, weights[:, idx], step
             )
@@ -182,6 +196,7 @@ def train_reward_model(
                     "acc_noisy": acc,
                     "lr": lr,
                     "grad_norm": grad_norm,
+                    "head_moved": head_moved(model.score.weight, w0),
                     "seconds": time.perf_counter() - t0,
                 }
             )
@@ -214,12 +229,16 @@ def train_family(
     Returns the model (its rewards are (K, B); K = 1 for 'single') and the training history with a
     `member` column (0 for the one-encoder families).
     """
+    if family not in FAMILIES:
+        raise ValueError(f"family: {family!r} is not one of {', '.join(FAMILIES)}")
     epochs = cfg.epochs(family)
     n_members, k = {"single": (1, 1), "multihead": (1, cfg.k), "ensemble": (cfg.k, 1)}[family]
     members, histories = [], []
     for m in range(n_members):
         s = member_seed(base_seed, seed, m)
-        model = build_reward_model(cfg.encoder, policy_dir, k, s, cfg.head_init_std, pad_id)
+        model = build_reward_model(
+            cfg.encoder, policy_dir, k, s, cfg.head_init_std, pad_id, cfg.head_init
+        )
         hist = train_reward_model(model, pairs, cfg, epochs, s, pad_id, progress, max_steps)
         histories.append(hist.assign(member=m))
         members.append(model)
@@ -278,11 +297,9 @@ def run_reward_stage(
     `val_rewards.parquet` (pair_id, head, r_chosen, r_rejected) plus `train.json` (time, size).
     Returns the contents of `train.json`.
     """
-    if family not in FAMILIES:
-        raise ValueError(
-            f"family: unknown reward-model family {family!r} (known: {', '.join(FAMILIES)})"
-        )
-    cfg = params.reward
+    arm = family  # a family or a named arm of `reward.arms` (a family with overrides)
+    family, cfg = params.reward.arm(arm)
+    params = dataclasses.replace(params, reward=cfg)
     torch.set_num_threads(params.run.threads)
     tokenizer = reward_tokenizer(cfg, world_dir)
     _, train = load_pairs(params, world_dir, "train", tokenizer)
@@ -305,6 +322,7 @@ def run_reward_stage(
     score_seconds = time.perf_counter() - t0
     info = {
         "family": family,
+        "arm": arm,
         "seed": seed,
         "k": model.k,
         "epochs": cfg.epochs(family),
@@ -314,14 +332,16 @@ def run_reward_stage(
         "train_seconds": train_seconds,
         "val_score_seconds": score_seconds,
         "steps": len(history),
+        # ||W − W_0|| / ||W_0|| of the heads at the end, mean over members
+        "head_moved": float(history.groupby("member")["head_moved"].last().mean()),
     }
     prov = provenance(params)
     with atomic_path(model_dir) as tmp:
         save_reward_model(model, tokenizer, tmp, {**info, **prov})
     results = Path(results_dir)
-    write_table(results / "history.parquet", history.assign(family=family, seed=seed), prov)
+    write_table(results / "history.parquet", history.assign(family=arm, seed=seed), prov)
     frame = rewards_frame(r_chosen, r_rejected, val_df["pair_id"].to_numpy())
-    write_table(results / "val_rewards.parquet", frame.assign(family=family, seed=seed), prov)
+    write_table(results / "val_rewards.parquet", frame.assign(family=arm, seed=seed), prov)
     write_json(results / "train.json", info)
     return info
 

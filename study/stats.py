@@ -1,4 +1,5 @@
-"""Small statistics for reports: means with t-intervals over seeds."""
+"""Statistics for reports, over seeds: means with t-intervals, paired differences of two arms that
+share their seeds, and the power of such a comparison (scipy.stats for every quantile)."""
 
 from __future__ import annotations
 
@@ -7,30 +8,92 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-
-# two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30 (beyond: the normal 1.96)
-_T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
+from scipy import stats
 
 
 def t975(df: int) -> float:
     """The 97.5% quantile of Student's t with `df` degrees of freedom."""
     if df < 1:
         raise ValueError("a t-interval needs at least 2 values (df >= 1)")
-    return _T975[df - 1] if df <= len(_T975) else 1.96
+    return float(stats.t.ppf(0.975, df))
+
+
+def _finite(values: Sequence[float]) -> np.ndarray:
+    x = np.asarray(values, float)
+    return x[np.isfinite(x)]
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float, int]:
     """Mean, half-width of its 95% t-interval (NaN for one value) and the number of values."""
-    x = np.asarray([v for v in values if not (isinstance(v, float) and math.isnan(v))], float)
+    x = _finite(values)
     if len(x) == 0:
         return float("nan"), float("nan"), 0
     if len(x) == 1:
         return float(x[0]), float("nan"), 1
     return float(x.mean()), float(t975(len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))), len(x)
+
+
+def paired_diff(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """a − b over seeds that both arms share (same preference split, same PPO draws), paired.
+
+    `a[i]` and `b[i]` are the same seed; a pair with a missing (NaN) side is dropped. Returns the
+    mean difference, the half-width of its 95% t-interval, the standard deviation of the
+    per-seed differences, n and the two-sided p-value of `scipy.stats.ttest_rel`.
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(
+            f"paired values must be two 1-D arrays of one length, got {a.shape}, {b.shape}"
+        )
+    keep = np.isfinite(a) & np.isfinite(b)
+    d = a[keep] - b[keep]
+    n = len(d)
+    if n < 2:
+        return {"diff": float(d.mean()) if n else float("nan"), "ci95": float("nan"),
+                "sd": float("nan"), "n": n, "p": float("nan")}  # fmt: skip
+    sd = float(d.std(ddof=1))
+    p = float(stats.ttest_rel(a[keep], b[keep]).pvalue) if sd > 0 else float("nan")
+    return {"diff": float(d.mean()), "ci95": t975(n - 1) * sd / math.sqrt(n), "sd": sd, "n": n,
+            "p": p}  # fmt: skip
+
+
+def detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean difference that a two-sided one-sample (paired) t-test on `n`
+    differences of standard deviation `sd` detects with probability `power` at level `alpha`
+    (solved on the noncentral t, `scipy.stats.nct`)."""
+    if n < 2 or not math.isfinite(sd):
+        return float("nan")
+    if sd == 0:
+        return 0.0
+    df = n - 1
+    crit = stats.t.ppf(1 - alpha / 2, df)
+
+    def achieved(delta: float) -> float:
+        nc = delta * math.sqrt(n) / sd
+        p = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+        if not math.isfinite(p):  # scipy's nct fails far in the tail: there the power is ~1
+            p = 1.0 if nc > crit else 0.0
+        return p - power
+
+    hi = sd
+    while achieved(hi) < 0:
+        hi *= 2
+    from scipy.optimize import brentq
+
+    return float(brentq(achieved, 0.0, hi, xtol=1e-9 * sd))  # power rises with delta
+
+
+def seeds_for_margin(sd: float, margin: float, max_n: int = 1000) -> int:
+    """The fewest seeds n for which the 95% t-interval of a paired difference with per-seed
+    standard deviation `sd` is narrower than ± `margin`: t_{0.975, n−1} · sd / √n < margin, the
+    precision that lets an interval centred at zero fall inside a parity margin (beyond `max_n`:
+    `max_n` + 1)."""
+    if not math.isfinite(sd):
+        return -1
+    for n in range(2, max_n + 1):
+        if t975(n - 1) * sd / math.sqrt(n) < margin:
+            return n
+    return max_n + 1
 
 
 def summarise(df: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from study.claims import (
     bon_turnover,
     build_claims,
     compare,
+    paired_values,
     verdict_better,
     verdict_count,
     verdict_parity,
@@ -29,7 +30,7 @@ def test_welch_equal_variances_by_hand():
     # variances 1 and 1, n = 3 each: se = sqrt(1/3 + 1/3), Welch df = (2/3)^2 / (2 (1/3)^2 / 2) = 4
     diff, hw, df = welch_diff([1, 2, 3], [4, 5, 6])
     assert diff == -3.0 and df == pytest.approx(4.0)
-    assert hw == pytest.approx(2.776 * math.sqrt(2 / 3))
+    assert hw == pytest.approx(2.776445 * math.sqrt(2 / 3), rel=1e-6)
     assert verdict_better(diff, hw) == NOT_SUPPORTED
     assert verdict_better(-diff, hw) == SUPPORTED
 
@@ -37,7 +38,7 @@ def test_welch_equal_variances_by_hand():
 def test_welch_one_side_without_spread_by_hand():
     # a: mean 1, variance 3 -> va = 1; b: no spread -> df = n_a - 1 = 2, t = 4.303
     diff, hw, df = welch_diff([0, 0, 3], [5, 5])
-    assert (diff, df) == (-4.0, pytest.approx(2.0)) and hw == pytest.approx(4.303)
+    assert (diff, df) == (-4.0, pytest.approx(2.0)) and hw == pytest.approx(4.302653, rel=1e-6)
     assert verdict_better(diff, hw) == INCONCLUSIVE
 
 
@@ -80,16 +81,21 @@ def test_bon_turnover_and_final_by_hand():
     assert list(bon_final(_curves(), "single")) == [1.5, 1.2]
 
 
+ARMS = ["single", "ensemble_min", "ensemble_mean", "ensemble_uwo", "multihead_min",
+        "multihead_mean", "multihead_uwo", "multihead-3ep_min", "multihead-authors_min"]  # fmt: skip
+
+
 def _inputs():
-    variants = ["single", "ensemble_min", "ensemble_mean", "ensemble_uwo",
-                "multihead_min", "multihead_mean", "multihead_uwo"]  # fmt: skip
     rng = np.random.default_rng(0)
     runs = pd.DataFrame(
         [
             {"variant": v, "seed": s, "overoptimised": v == "single",
              "gold_final": 1.0 + (v != "single") + 0.01 * rng.normal(),
-             "gold_at_kl5": 2.0 + 0.01 * rng.normal()}
-            for v in variants for s in range(3)
+             "gold_at_kl2": 2.0 + 0.01 * rng.normal(),
+             # the 3-epoch multi-head arm's seed 2 never reaches KL 5
+             "gold_at_kl5": float("nan") if (v, s) == ("multihead-3ep_min", 2)
+             else 2.0 + 0.01 * rng.normal()}
+            for v in ARMS for s in range(3)
         ]
     )  # fmt: skip
     ece = pd.DataFrame(
@@ -101,7 +107,7 @@ def _inputs():
     )  # fmt: skip
     cost = {"multihead_train_epoch_x": 1.0, "ensemble_train_total_x": 15.0,
             "multihead_extra_parameters": 516}  # fmt: skip
-    curves = pd.concat([_curves().assign(variant=v) for v in variants], ignore_index=True)
+    curves = pd.concat([_curves().assign(variant=v) for v in ARMS], ignore_index=True)
     ablation = pd.DataFrame(
         [
             {"group": "heads", "label": f"K={k}", "k": k, "epochs": 1,
@@ -113,14 +119,32 @@ def _inputs():
 
 
 def test_claims_table_reads_the_numbers():
-    t = build_claims(*_inputs(), claims_kl=5.0, margin=0.2)
-    assert {"claim", "source", "measure", "measured", "seeds", "verdict"} <= set(t.columns)
+    t = build_claims(*_inputs(), claims_kl=5.0, margin=0.2, kl_levels=[2.0, 5.0, 10.0])
+    assert {"claim", "source", "measure", "measured", "seeds", "verdict", "design",
+            "detectable", "seeds_needed"} <= set(t.columns)  # fmt: skip
     first = t.iloc[0]
     assert first["measured"] == "3 of 3 seeds" and first["verdict"] == SUPPORTED
-    final = t[(t["measure"] == "PPO final gold") & t["claim"].str.startswith("An ensemble")]
-    assert final["verdict"].tolist() == [SUPPORTED]  # 2.0 vs 1.0, tiny spread
-    matched = t[t["measure"] == "PPO gold at KL 5"]
-    assert set(matched["verdict"]) == {SUPPORTED, INCONCLUSIVE}  # parity holds; 'better' doesn't
+    # every arm has its own rows against the single model and against the ensemble
+    for arm in ("ensemble_min", "multihead_min", "multihead-3ep_min", "multihead-authors_min"):
+        vs_single = t[
+            t["measured"].str.startswith(f"{arm} ") & t["measured"].str.contains(" vs single ")
+        ]
+        assert set(vs_single["measure"]) == {"PPO gold at KL 2", "PPO gold at KL 5",
+                                             "BoN gold at the largest n"}, arm  # fmt: skip
+        if arm != "ensemble_min":
+            vs_ens = t[t["measured"].str.startswith(f"{arm} ")
+                       & t["measured"].str.contains(" vs ensemble_min ")]  # fmt: skip
+            assert len(vs_ens) == 4, arm  # KL 2, KL 5, final gold, best-of-n
+    ppo_rows = t[t["measure"].str.match(r"PPO (gold at KL \d+|final gold)$")]
+    assert ppo_rows["design"].str.startswith("paired over").all()
+    matched = t[t["claim"].str.contains("epoch-matched") & t["claim"].str.contains("as well")]
+    verdicts = dict(zip(matched["measure"], matched["verdict"], strict=True))
+    assert verdicts["PPO final gold"] == SUPPORTED  # 2.0 vs 2.0 within ±0.2, tiny spread
+    assert verdicts["PPO gold at KL 2"] == SUPPORTED
+    # one seed never reached KL 5: no verdict on the other two
+    assert verdicts["PPO gold at KL 5"] == f"{INCONCLUSIVE} (level reached by 2/3 and 3/3 seeds)"
+    mitigates = t[(t["measure"] == "PPO gold at KL 2") & t["measured"].str.contains(" vs single ")]
+    assert set(mitigates["verdict"]) == {INCONCLUSIVE}  # 2.0 vs 2.0: no gain to see
     ece_rows = t[t["measure"].str.startswith("ECE")]
     assert len(ece_rows) == 4 and set(ece_rows["verdict"]) == {SUPPORTED}
     heads = t[t["claim"] == "More heads mitigate more"].iloc[0]
@@ -128,6 +152,13 @@ def test_claims_table_reads_the_numbers():
         heads["verdict"] == f"{INCONCLUSIVE} (n = 1)"
         and "K=8 1.80 vs K=1 1.10" in heads["measured"]
     )
+
+
+def test_paired_values_align_by_seed():
+    runs = pd.DataFrame({"variant": ["a", "a", "a", "b", "b"], "seed": [2, 0, 1, 0, 2],
+                         "x": [12.0, 10.0, 11.0, 20.0, 22.0]})  # fmt: skip
+    a, b = paired_values(runs, "a", "b", "x")
+    assert a.tolist() == [10.0, 12.0] and b.tolist() == [20.0, 22.0]
 
 
 def test_claims_table_names_a_missing_column():

@@ -16,6 +16,7 @@ from study.reward_models import (
     MultiHeadRewardModel,
     RewardModelError,
     build_reward_model,
+    init_heads,
     load_reward_model,
     num_parameters,
     right_pad,
@@ -23,6 +24,7 @@ from study.reward_models import (
 )
 from study.rm_train import (
     encode_pairs,
+    head_moved,
     resample_weights,
     save_reward_model,
     train_family,
@@ -233,3 +235,58 @@ def test_ensemble_members_get_their_own_seeds(policy_dir, pairs, reward_cfg):
     with torch.no_grad():
         r = ens.rewards(ids, mask)
     assert not torch.allclose(r[0], r[1])
+
+
+def test_linear_head_init_is_torch_nn_linear_own_default(policy_dir):
+    d, k = 32, 5
+    torch.manual_seed(7)
+    reference = torch.nn.Linear(d, k)  # PyTorch draws its default initialisation here
+    heads = torch.nn.Linear(d, k)
+    torch.manual_seed(7)
+    init_heads(heads, "linear")
+    torch.testing.assert_close(heads.weight, reference.weight, atol=0, rtol=0)
+    torch.testing.assert_close(heads.bias, reference.bias, atol=0, rtol=0)
+    # and a model built with head_init='linear' has heads of that scale, not N(0, 0.02)
+    model = build_reward_model("policy", policy_dir, k, seed=0, head_init="linear")
+    w = model.score.weight
+    assert w.abs().max() <= 1 / d**0.5 and 0.6 / (3 * d) ** 0.5 < w.std() < 1.4 / (3 * d) ** 0.5
+    assert model.score.bias.abs().sum() > 0
+    normal = build_reward_model("policy", policy_dir, k, seed=0, head_init_std=0.02)
+    assert normal.score.bias.abs().sum() == 0 and normal.score.weight.std() < 0.03
+    with pytest.raises(RewardModelError, match="head_init"):
+        init_heads(heads, "xavier")
+
+
+def test_head_lr_mult_scales_how_far_the_heads_move(policy_dir, pairs, reward_cfg):
+    cfg = dataclasses.replace(reward_cfg, lr=3e-3)
+    moved = {}
+    for mult in (1.0, 0.01):
+        model = build_reward_model("policy", policy_dir, 3, seed=0, head_init="linear")
+        w0 = model.score.weight.detach().clone()
+        c = dataclasses.replace(cfg, head_lr_mult=mult)
+        train_reward_model(model, pairs, c, epochs=1, seed=0, pad_id=0, progress=False)
+        moved[mult] = ((model.score.weight - w0).norm() / w0.norm()).item()
+    # Adam's step is about lr per coordinate: a 100x smaller head lr moves the heads ~100x less
+    assert moved[0.01] < moved[1.0] / 20, moved
+    assert moved[0.01] > 0
+
+
+def test_a_named_arm_trains_as_its_family_with_its_overrides(policy_dir, pairs, reward_cfg):
+    family, cfg = reward_cfg.arm("multihead-authors")
+    assert family == "multihead"
+    assert (cfg.head_init, cfg.head_lr_mult, cfg.epochs_multihead) == ("linear", 0.01, 3)
+    assert reward_cfg.arm("ensemble") == ("ensemble", reward_cfg)
+    with pytest.raises(ValueError, match="unknown"):
+        reward_cfg.arm("multihead-nope")
+    bad = {"multihead-x": {"family": "multihead", "overrides": ["stepz=3"]}}
+    with pytest.raises(ValueError, match="stepz"):
+        dataclasses.replace(reward_cfg, arms=bad).arm("multihead-x")
+    with pytest.raises(ValueError, match=r"reward\.arms\.ens_x"):
+        dataclasses.replace(reward_cfg, arms={"ens_x": {"family": "ensemble", "overrides": []}})
+
+
+def test_head_moved_is_the_relative_frobenius_distance():
+    start = torch.tensor([[3.0, 0.0], [0.0, 4.0]])  # norm 5
+    moved = start + torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    assert head_moved(moved, start) == pytest.approx(0.2)
+    assert head_moved(start, start) == 0.0
