@@ -18,9 +18,9 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
-from study.aggregate import aggregate
+from study.aggregate import METHODS, aggregate
 from study.bon import bon_curve
-from study.config import VARIANTS, Params
+from study.config import Params
 from study.generation import format_queries, sample
 from study.hub import load_tokenizer
 from study.io import provenance, read_table, require, write_csv, write_json, write_table
@@ -132,6 +132,16 @@ def score_bon_samples(
     return samples, pd.concat(frames, ignore_index=True), info
 
 
+def bon_variants(families: Sequence[str]) -> list[str]:
+    """The variants best-of-n draws for these reward-model arms: every aggregation but the max of
+    each multi-head or ensemble arm (its scores are computed once), the single model and gold."""
+    out = ["single"] if "single" in families else []
+    for arm in families:
+        if arm != "single":
+            out += [f"{arm}_{m}" for m in METHODS if m != "max"]
+    return [*out, "gold"]
+
+
 def variant_scores(
     proxy_scores: pd.DataFrame, variant: str, seed: int, normalise: str, uwo_lambda: float
 ) -> np.ndarray:
@@ -194,7 +204,7 @@ def run_bon_stage(
 ) -> dict[str, Any]:
     """Sample, score and write `samples.parquet`, `proxy_scores.parquet`, `curves.parquet` (and
     CSV) and `info.json` under `results_dir`; returns the info."""
-    variants = [v for v in VARIANTS if v == "gold" or variant_spec(v)[0] in families]
+    variants = bon_variants(families)
     samples, proxy_scores, info = score_bon_samples(
         params, world_dir, rm_root, families, seeds, progress
     )

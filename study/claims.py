@@ -223,24 +223,21 @@ def build_claims(
     ece: pd.DataFrame,
     cost: dict,
     bon_curves: pd.DataFrame,
-    ablation: pd.DataFrame,
     claims_kl: float,
     margin: float,
     kl_levels: Sequence[float] = (),
 ) -> pd.DataFrame:
     """The study's claims table from the stages' outputs: `runs` (results/ppo/runs.parquet),
     `ece` (results/rm/ece.csv: family, seed, method, target, ece), `cost`
-    (results/rm/cost_metrics.json), `bon_curves` (results/bon/curves.parquet) and `ablation`
-    (results/ablation/summary.parquet). A missing column raises a KeyError naming it."""
+    (results/rm/cost_metrics.json) and `bon_curves` (results/bon/curves.parquet). A missing
+    column raises a KeyError naming it. The number of heads has its own table
+    (`study.heads.heads_claims`, stage `heads`)."""
     at = f"gold_at_kl{claims_kl:g}"
     require_columns(
         runs, ("variant", "seed", "overoptimised", "gold_final", at), "results/ppo/runs.parquet"
     )
     require_columns(ece, ("family", "seed", "method", "target", "ece"), "results/rm/ece.csv")
     require_columns(bon_curves, ("variant", "seed", "n", "gold", "gold_se"), "bon curves")
-    require_columns(
-        ablation, ("group", "label", "k", "epochs", "gold_final", at), "ablation summary"
-    )
     for key in ("multihead_train_epoch_x", "ensemble_train_total_x", "multihead_extra_parameters"):
         if key not in cost:
             raise KeyError(f"results/rm/cost_metrics.json: missing key {key}")
@@ -354,11 +351,4 @@ def build_claims(
                 "min", e.loc[e["method"] == "min", "ece"], other, e.loc[e["method"] == other, "ece"],
                 "worse", digits=3,
             ))  # fmt: skip
-    heads = ablation[(ablation["group"] == "heads")].sort_values("k")
-    if len(heads) >= 2:
-        lo, hi = heads.iloc[0], heads.iloc[-1]
-        rows.append(compare(
-            "More heads mitigate more", ahmed, f"PPO gold at KL {claims_kl:g} (ablation)",
-            f"K={int(hi['k'])}", [hi[at]], f"K={int(lo['k'])}", [lo[at]],
-        ))  # fmt: skip
     return table(rows)

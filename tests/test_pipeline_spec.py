@@ -52,35 +52,50 @@ def test_notebook_parameter_cells_hold_selectors_only():
         assert not extra, f"{nb.name}: parameters cell holds {sorted(extra)}"
 
 
-def ppo_grid() -> set[tuple[str, int]]:
-    """(variant, seed) of every PPO stage the ppo_* matrices generate."""
+def matrix_items(matrix: dict) -> list[dict]:
+    """Every item of a DVC matrix (the cartesian product of its lists)."""
+    items = [{}]
+    for key, values in matrix.items():
+        items = [{**item, key: v} for item in items for v in values]
+    return items
+
+
+def substitute(template: str, item: dict) -> str:
+    return re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m.group(1)]), template)
+
+
+def ppo_grid(exclude: tuple[str, ...] = ()) -> set[tuple[str, int]]:
+    """(variant, seed) of every PPO stage the ppo_* matrices generate, read off their commands."""
     grid = set()
     for name, stage in DVC.items():
-        if not name.startswith("ppo_") or "matrix" not in stage:
+        if not name.startswith("ppo_") or "matrix" not in stage or name in exclude:
             continue
-        family = name.removeprefix("ppo_")
-        for seed in stage["matrix"]["seed"]:
-            for agg in stage["matrix"].get("agg", [None]):
-                grid.add((f"{family}_{agg}" if agg else family, seed))
+        template = re.search(r"-p variant (\S+)", stage["cmd"]).group(1)
+        for item in matrix_items(stage["matrix"]):
+            grid.add((substitute(template, item), item["seed"]))
     return grid
 
 
 def test_the_ppo_summary_reads_exactly_the_ppo_grid():
     params = notebook_parameters("05_ppo_summary.ipynb")
-    expected = {(v, s) for v in params["variants"] for s in params["seeds"]}
-    assert expected == ppo_grid()
+    expected = {(v, s) for v, seeds in params["variants"].items() for s in seeds}
+    assert expected == ppo_grid(exclude=("ppo_k",))  # the K sweep has its own summary (heads)
     assert {f"results/ppo/{v}/seed{s}" for v, s in expected} <= set(DVC["ppo_summary"]["deps"])
 
 
-def test_every_ppo_stage_reads_the_reward_models_of_its_own_family_and_seed():
+def test_every_ppo_stage_reads_the_reward_models_of_its_own_arm_and_seed():
     for name, stage in DVC.items():
         if not name.startswith("ppo_") or "matrix" not in stage:
             continue
         rm_deps = [d for d in stage["deps"] if d.startswith("artifacts/rm/")]
-        family = name.removeprefix("ppo_")
-        assert rm_deps == (
-            [] if family == "gold" else [f"artifacts/rm/{family}/seed${{item.seed}}"]
-        )
+        template = re.search(r"-p variant (\S+)", stage["cmd"]).group(1)
+        arm = template.partition("_")[0]
+        assert rm_deps == ([] if arm == "gold" else [f"artifacts/rm/{arm}/seed${{item.seed}}"])
+        for item in matrix_items(stage["matrix"]):  # every arm a PPO stage reads is trained
+            if arm != "gold":
+                rm = substitute(arm, item)
+                trained = matrix_items(DVC["rm"]["matrix"]) + matrix_items(DVC["rm_k"]["matrix"])
+                assert {"family": rm, "seed": item["seed"]} in trained, (name, item)
 
 
 def test_best_of_n_reads_exactly_the_reward_model_matrix():
@@ -91,23 +106,24 @@ def test_best_of_n_reads_exactly_the_reward_model_matrix():
     assert expected <= set(DVC["bon"]["deps"])
 
 
-def test_the_ablation_stages_and_their_summary_agree():
-    ablations = DVC["rm_ablation"]["foreach"]
-    assert DVC["ppo_ablation"]["foreach"] == ablations  # one list, two stages
-    params = notebook_parameters("07_ablations.ipynb")
-    assert params["tags"] == list(ablations)
-    assert {item["seed"] for item in ablations.values()} == {params["seed"]}
-    for item in ablations.values():
-        section, _, rest = item["override"].partition(".")
-        assert section == "reward" and "=" in rest  # one change to the reward model
-        assert item["variant"] == f"{item['family']}_min"  # PPO against the model's minimum
-    assert "artifacts/rm_ablation/${key}" in DVC["ppo_ablation"]["do"]["deps"]
-    assert {"results/rm_ablation", "results/ppo_ablation"} <= set(DVC["ablations"]["deps"])
+def test_the_heads_sweep_reads_exactly_what_rm_and_rm_k_train():
+    params = notebook_parameters("07_heads.ipynb")
+    trained = {
+        (i["family"], i["seed"]) for n in ("rm", "rm_k") for i in matrix_items(DVC[n]["matrix"])
+    }
+    deps = set(DVC["heads"]["deps"])
+    for arm in params["families"]:
+        variant = "single" if arm == "single" else f"{arm}_min"
+        for seed in params["seeds"]:
+            assert (arm, seed) in trained, (arm, seed)
+            assert (variant, seed) in ppo_grid(), (variant, seed)
+            assert {f"results/rm/{arm}/seed{seed}", f"results/ppo/{variant}/seed{seed}"} <= deps
+    assert set(DVC["rm_k"]["matrix"]["family"]) <= set(params["families"])
 
 
 def test_the_report_depends_on_every_figure_it_shows():
     shown = re.findall(r"figures/\w+\.png", (ROOT / "notebooks/08_report.ipynb").read_text())
-    assert len(shown) >= 8
+    assert len(shown) >= 6
     for figure in shown:
         if figure in DVC["report"]["outs"]:
             continue

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from study.ablation import ablation_row, epochs_label, finite_or_none, rm_summary
+from study.heads import finite_or_none, heads_claims, rm_summary, sweep_row
 from study.report import example_steps, rloo_summary
 
 
@@ -30,7 +30,7 @@ def test_rloo_summary_by_hand():
     assert s["gold_best"] == 2.5 and s["kl_last"] == 4.5 and s["proxy_last"] == 2.0
 
 
-def test_rm_summary_and_ablation_row_by_hand():
+def test_rm_summary_and_sweep_row_by_hand():
     # two heads, three pairs; pair 2's label was flipped (the clean winner is 'rejected')
     r_c = torch.tensor([[1.0, 1.0, 1.0], [1.0, -1.0, 1.0]])
     rows = [
@@ -43,17 +43,34 @@ def test_rm_summary_and_ablation_row_by_hand():
     assert rm["acc_clean_min"] == pytest.approx(1 / 3)
     assert rm["acc_clean_head_mean"] == pytest.approx((2 / 3 + 1 / 3) / 2)
     evals = pd.DataFrame(
-        {"variant": "multihead_min", "seed": 0, "step": [0, 5, 10], "kl": [0.0, 3.0, 6.0],
+        {"variant": "multihead-k2_min", "seed": 0, "step": [0, 5, 10], "kl": [0.0, 3.0, 6.0],
          "proxy": [0.0, 1.0, 2.0], "gold": [1.0, 2.0, 1.2]}
     )  # fmt: skip
-    info = {"family": "multihead", "k": 2, "epochs": 3, "train_seconds": 9.0}
-    row = ablation_row("epochs", epochs_label("multihead", 3), info, rm, evals, [5.0], 0.25, "x")
-    assert (
-        row["label"] == "multihead 3 epochs" and epochs_label("ensemble", 1) == "ensemble 1 epoch"
-    )
+    info = {"family": "multihead", "k": 2, "epochs": 1, "train_seconds": 9.0}
+    row = sweep_row("multihead-k2", 0, info, rm, evals, [5.0], 0.25, "x")
+    assert (row["arm"], row["family"], row["k"], row["seed"]) == ("multihead-k2", "multihead", 2, 0)
     assert row["gold_peak"] == 2.0 and row["gold_final"] == 1.2 and row["overoptimised"]
     assert row["gold_at_kl5"] == pytest.approx(2.0 + (2 / 3) * (1.2 - 2.0))
+    single = sweep_row(
+        "single", 0, {**info, "family": "single", "k": 1}, rm, evals, [5.0], 0.25, "x"
+    )
+    assert single["family"] == "multihead" and single["k"] == 1  # K = 1 of the multi-head family
     with pytest.raises(KeyError, match="train_seconds"):
-        ablation_row("heads", "K=2", {"family": "multihead", "k": 2, "epochs": 1}, rm, evals,
-                     [5.0], 0.25, "x")  # fmt: skip
+        sweep_row("multihead-k2", 0, {"family": "multihead", "k": 2, "epochs": 1}, rm, evals,
+                  [5.0], 0.25, "x")  # fmt: skip
     assert finite_or_none(float("nan")) is None and finite_or_none(np.float64(1.5)) == 1.5
+
+
+def test_heads_claims_pair_the_seeds_of_each_k():
+    rows = []
+    for seed in range(3):
+        for k, gold in ((1, 1.0), (3, 2.0), (10, 2.05)):
+            rows.append({"family": "multihead", "k": k, "seed": seed,
+                         "gold_at_kl10": gold + 0.001 * seed * k})  # fmt: skip
+    t = heads_claims(pd.DataFrame(rows), 10.0, 0.2)
+    more = t[t["claim"] == "More heads mitigate more"].iloc[0]
+    assert more["verdict"] == "supported" and more["design"] == "paired over 3 seeds"
+    assert "multihead K=10" in more["measured"] and "vs multihead K=1" in more["measured"]
+    enough = t[t["claim"] == "Three heads are enough"].iloc[0]
+    # differences -0.05, -0.057, -0.064: interval -0.057 ± 0.017, inside ±0.2
+    assert enough["verdict"] == "supported"
