@@ -1,4 +1,5 @@
-"""Reading optimisation curves: Gao et al.'s functional forms, peaks and falls, gold at matched KL.
+"""Reading optimisation curves: Gao et al.'s functional forms, peaks and falls, gold at matched KL,
+and the calibration of the aggregated reward on the policy's own samples.
 
 Every function takes the tidy tables the stages write (one row per evaluation of a run) and
 returns numbers or tables; the report notebooks only draw them.
@@ -10,6 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
+
+from study.rm_eval import calibration
 
 REQUIRED = ("variant", "seed", "step", "kl", "proxy", "gold")
 
@@ -116,3 +120,41 @@ def run_summaries(
             row[f"gold_at_kl{level:g}"] = g
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def policy_pairs(samples: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Preference pairs from one PPO run's held-out responses, labelled by gold: each prompt's
+    response at every evaluation after the first against its response at step 0 (the SFT policy).
+
+    `samples`: a run's `eval_samples` (prompt, step, gold, head0..head{K-1}: the heads' z-scored
+    rewards). Returns (r_later (K, N), r_sft (K, N), flipped (N,)): `flipped` is True where the
+    later response is gold-worse; pairs whose golds tie are dropped.
+    """
+    heads = sorted((c for c in samples.columns if c.startswith("head") and c[4:].isdigit()),
+                   key=lambda c: int(c[4:]))  # fmt: skip
+    require_columns(samples, ("prompt", "step", "gold"), "a run's eval_samples")
+    if not heads:
+        raise KeyError("a run's eval_samples: missing column(s) head0.. (the heads' rewards)")
+    first = samples["step"].min()
+    base = samples[samples["step"] == first].drop_duplicates("prompt").set_index("prompt")
+    later = samples[samples["step"] > first]
+    later = later[later["prompt"].isin(base.index)]
+    b = base.loc[later["prompt"]]
+    keep = later["gold"].to_numpy() != b["gold"].to_numpy()
+    r_later = torch.as_tensor(later[heads].to_numpy(np.float64)[keep].T.copy())
+    r_sft = torch.as_tensor(b[heads].to_numpy(np.float64)[keep].T.copy())
+    flipped = later["gold"].to_numpy()[keep] < b["gold"].to_numpy()[keep]
+    return r_later, r_sft, flipped
+
+
+def policy_calibration(
+    samples: pd.DataFrame,
+    n_bins: int,
+    uwo_lambda: float,
+    methods: Sequence[str] = ("min", "mean", "max"),
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Calibration of σ(agg(r_later) − agg(r_sft)) on a run's `policy_pairs`, labelled by gold:
+    `study.rm_eval.calibration`'s (bins, ece), against the gold labels (target 'clean') only."""
+    r_later, r_sft, flipped = policy_pairs(samples)
+    bins, ece = calibration(r_later, r_sft, flipped, methods, n_bins, uwo_lambda)
+    return bins[bins["target"] == "clean"], ece[ece["target"] == "clean"]

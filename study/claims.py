@@ -226,11 +226,13 @@ def build_claims(
     claims_kl: float,
     margin: float,
     kl_levels: Sequence[float] = (),
+    policy_ece: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The study's claims table from the stages' outputs: `runs` (results/ppo/runs.parquet),
     `ece` (results/rm/ece.csv: family, seed, method, target, ece), `cost`
     (results/rm/cost_metrics.json) and `bon_curves` (results/bon/curves.parquet). A missing
-    column raises a KeyError naming it. The number of heads has its own table
+    column raises a KeyError naming it. `policy_ece` (results/ppo/policy_ece.csv) adds the
+    calibration on the policy's own samples. The number of heads has its own table
     (`study.heads.heads_claims`, stage `heads`)."""
     at = f"gold_at_kl{claims_kl:g}"
     require_columns(
@@ -343,12 +345,26 @@ def build_claims(
             ))  # fmt: skip
     clean = ece[ece["target"] == "clean"]
     for fam in ("multihead", "ensemble"):
+        e = clean[clean["family"] == fam].rename(columns={"method": "variant"})
         for other in ("mean", "max"):
-            e = clean[clean["family"] == fam]
+            a, b = paired_values(e, "min", other, "ece")
             rows.append(compare(
                 "The minimum's uncertainty is better calibrated than the mean's or the max's",
-                ahmed, f"ECE against clean labels ({fam})",
-                "min", e.loc[e["method"] == "min", "ece"], other, e.loc[e["method"] == other, "ece"],
-                "worse", digits=3,
+                ahmed, f"ECE on held-out pairs, clean labels ({fam})", "min", a, other, b,
+                "worse", digits=3, paired=True,
             ))  # fmt: skip
+    if policy_ece is not None:
+        require_columns(
+            policy_ece, ("variant", "seed", "method", "ece"), "results/ppo/policy_ece.csv"
+        )
+        for v in ("multihead_min", "ensemble_min"):
+            e = policy_ece[policy_ece["variant"] == v].drop(columns="variant")
+            e = e.rename(columns={"method": "variant"})
+            for other in ("mean", "max"):
+                a, b = paired_values(e, "min", other, "ece")
+                rows.append(compare(
+                    "The minimum's uncertainty is better calibrated than the mean's or the max's",
+                    ahmed, f"ECE on PPO samples against the SFT response, gold labels ({v})",
+                    "min", a, other, b, "worse", digits=3, paired=True,
+                ))  # fmt: skip
     return table(rows)

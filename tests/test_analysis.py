@@ -104,3 +104,29 @@ def test_bon_curves_use_the_variants_aggregate_of_z_scored_heads():
     assert ceiling >= row["gold"] - 1e-12
     with pytest.raises(KeyError, match="ensemble seed 0"):
         variant_scores(scores, "ensemble_min", 0, "none", 0.5)
+
+
+def test_policy_pairs_by_hand():
+    from study.analysis import policy_calibration, policy_pairs
+
+    samples = pd.DataFrame(
+        {"prompt": ["p", "q", "p", "q", "p", "q"], "step": [0, 0, 5, 5, 10, 10],
+         "gold": [1.0, 2.0, 1.5, 2.0, 0.5, 3.0],
+         "head0": [0.0, 0.0, 1.0, 2.0, 3.0, 4.0], "head1": [0.0, 1.0, -1.0, 0.0, 1.0, 5.0]}
+    )  # fmt: skip
+    r_later, r_sft, flipped = policy_pairs(samples)
+    # (p, 5) vs (p, 0): gold up; (q, 5) ties (dropped); (p, 10) down; (q, 10) up
+    assert r_later.tolist() == [[1.0, 3.0, 4.0], [-1.0, 1.0, 5.0]]
+    assert r_sft.tolist() == [[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    assert flipped.tolist() == [False, True, False]
+    bins, ece = policy_calibration(samples, n_bins=2, uwo_lambda=0.5)
+    assert set(ece["target"]) == {"clean"} and set(ece["method"]) == {"min", "mean", "max"}
+    # min margins: -1 (p5), 1 (p10), 4 (q10): sigma = .269, .731, .982; outcomes 1, 0, 1 (and
+    # their mirror images); bin [0.5, 1]: probs .731 .982 .731 with outcomes 0 1 0 -> gap
+    # |1/3 - .815|; bin [0, 0.5) is its mirror image, with the same gap
+    p = 1 / (1 + np.exp(-np.array([-1.0, 1.0, 4.0])))
+    hi = np.array([p[1], p[2], 1 - p[0]])
+    expected = 2 * (3 / 6) * abs(1 / 3 - hi.mean())
+    assert ece.set_index("method").loc["min", "ece"] == pytest.approx(expected)
+    with pytest.raises(KeyError, match="head0"):
+        policy_pairs(samples.drop(columns=["head0", "head1"]))
