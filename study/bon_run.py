@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
-from study.aggregate import METHODS, aggregate
+from study.aggregate import METHODS, aggregate, head_correlation
 from study.bon import bon_curve
 from study.config import Params
 from study.generation import format_queries, sample
@@ -159,6 +159,40 @@ def variant_scores(
     if normalise == "sft_zscore":
         heads = (heads - heads.mean(1, keepdims=True)) / heads.std(1, ddof=1, keepdims=True)
     return aggregate(torch.as_tensor(heads), method, uwo_lambda).numpy()
+
+
+TOP_FRACTION = 1 / 16  # the top of each prompt's candidates: where a best-of-16 pick comes from
+
+
+def candidate_head_diversity(
+    proxy_scores: pd.DataFrame, top_fraction: float, normalise: str, uwo_lambda: float
+) -> pd.DataFrame:
+    """How alike the heads score best-of-n candidates, overall and where selection pushes.
+
+    For every multi-head or ensemble arm and seed: the mean pairwise correlation of the heads
+    (`study.aggregate.head_correlation`) and their spread (std over heads, mean over responses)
+    over all candidates ('all'), and over each prompt's top `top_fraction` of candidates by the
+    arm's minimum ('top'): the responses a best-of-(1 / top_fraction) pick comes from.
+    """
+    rows = []
+    for (family, seed), frame in proxy_scores.groupby(["family", "seed"], sort=False):
+        frame = frame.sort_values(["prompt_id", "sample_id"])
+        heads = frame[head_columns(frame)].dropna(axis=1, how="all").to_numpy().T  # (K, P * N)
+        if heads.shape[0] < 2:
+            continue
+        if normalise == "sft_zscore":
+            heads = (heads - heads.mean(1, keepdims=True)) / heads.std(1, ddof=1, keepdims=True)
+        h = torch.as_tensor(heads)
+        p = frame["prompt_id"].nunique()
+        score = aggregate(h, "min", uwo_lambda).numpy().reshape(p, -1)  # (P, N)
+        n_top = max(2, round(top_fraction * score.shape[1]))
+        top = np.argsort(-score, axis=1)[:, :n_top] + np.arange(p)[:, None] * score.shape[1]
+        for subset, idx in (("all", slice(None)), ("top", top.reshape(-1))):
+            sub = h[:, idx]
+            rows.append({"family": family, "seed": seed, "subset": subset, "k": h.shape[0],
+                         "head_corr": head_correlation(sub),
+                         "head_std": float(sub.std(0, unbiased=False).mean())})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def bon_curves(

@@ -120,6 +120,7 @@ def test_policy_pairs_by_hand():
     assert r_sft.tolist() == [[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
     assert flipped.tolist() == [False, True, False]
     bins, ece = policy_calibration(samples, n_bins=2, uwo_lambda=0.5)
+    assert set(bins["target"]) == {"clean"} and bins["count"].sum() == 3 * 2 * 3
     assert set(ece["target"]) == {"clean"} and set(ece["method"]) == {"min", "mean", "max"}
     # min margins: -1 (p5), 1 (p10), 4 (q10): sigma = .269, .731, .982; outcomes 1, 0, 1 (and
     # their mirror images); bin [0.5, 1]: probs .731 .982 .731 with outcomes 0 1 0 -> gap
@@ -130,3 +131,21 @@ def test_policy_pairs_by_hand():
     assert ece.set_index("method").loc["min", "ece"] == pytest.approx(expected)
     with pytest.raises(KeyError, match="head0"):
         policy_pairs(samples.drop(columns=["head0", "head1"]))
+
+
+def test_candidate_head_diversity_on_a_constructed_case():
+    from study.bon_run import candidate_head_diversity
+
+    # one prompt, 32 candidates: two heads agree on the 30 low ones, disagree on the two that
+    # the minimum ranks on top (a shared x, then +/- d on the top two)
+    x = np.arange(32, dtype=float)
+    h0, h1 = x.copy(), x.copy()
+    h0[30:], h1[30:] = [100.0, 101.0], [101.0, 100.0]
+    rows = pd.DataFrame({"family": "multihead", "seed": 0, "prompt_id": 0, "sample_id": range(32),
+                         "head0": h0, "head1": h1})  # fmt: skip
+    single = rows.assign(family="single", head1=np.nan)
+    d = candidate_head_diversity(pd.concat([rows, single]), 1 / 16, "none", 0.5)
+    assert list(d["family"]) == ["multihead", "multihead"]  # one head: nothing to compare
+    all_, top = d.set_index("subset").loc["all"], d.set_index("subset").loc["top"]
+    assert all_["head_corr"] > 0.99 and top["head_corr"] == pytest.approx(-1.0)
+    assert top["head_std"] == pytest.approx(0.5) and all_["head_std"] == pytest.approx(1 / 32)
