@@ -1,0 +1,140 @@
+"""The README's result tables, generated from the committed result files, never typed.
+
+Blocks of the README between `<!-- generated: NAME -->` and `<!-- /generated: NAME -->` are
+rewritten by `python -m study.readme` from the tables the pipeline wrote (and git carries):
+`results/report/claims.csv` (the claims), `results/ppo/runs.csv` (gold at matched KL, run by run)
+and `results/heads/claims.csv` (the number of heads). A test holds the README to them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from study.stats import mean_ci
+
+HEADLINE = ("single", "ensemble_min", "multihead_min", "multihead-3ep_min",
+            "multihead-authors_min", "gold")  # fmt: skip
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub markdown table of every column of `df`."""
+    head = "| " + " | ".join(map(_cell, df.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in df.columns) + " |"
+    body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def claims_block(claims: pd.DataFrame) -> str:
+    """The claims table: claim, measure, what was measured, the design and the verdict."""
+    cols = ["claim", "measure", "measured", "design", "verdict"]
+    df = claims[[c for c in cols if c in claims.columns]].fillna("")
+    df = df.assign(verdict=[f"**{v}**" if v.startswith("not supported") else v
+                            for v in df["verdict"]])  # fmt: skip
+    return markdown_table(df)
+
+
+def _fmt(values: np.ndarray) -> str:
+    m, ci, n = mean_ci(values)
+    if n == 0:
+        return "not reached"
+    text = f"{m:.2f}" if math.isnan(ci) else f"{m:.2f} ± {ci:.2f}"
+    return text
+
+
+def matched_kl_block(runs: pd.DataFrame, levels: Sequence[float]) -> str:
+    """Per variant: seeds, runs overoptimised, gold at each KL level (mean ± 95% interval over
+    seeds; the seeds that reached it when not all), final gold and the range of final KL."""
+    rows = []
+    order = [v for v in HEADLINE if v in set(runs["variant"])]
+    order += [v for v in dict.fromkeys(runs["variant"]) if v not in order]
+    for v in order:
+        r = runs[runs["variant"] == v]
+        row = {"variant": f"`{v}`", "seeds": len(r),
+               "overoptimised": f"{int(r['overoptimised'].sum())}/{len(r)}"}  # fmt: skip
+        for x in levels:
+            vals = r[f"gold_at_kl{x:g}"].to_numpy(float)
+            reached = int(np.isfinite(vals).sum())
+            text = _fmt(vals)
+            if 0 < reached < len(vals):
+                text += f" ({reached}/{len(vals)} reached)"
+            row[f"gold at KL {x:g}"] = text
+        row["final gold"] = _fmt(r["gold_final"].to_numpy(float))
+        row["final KL"] = f"{r['kl_final'].min():.1f}–{r['kl_final'].max():.1f}"
+        rows.append(row)
+    return markdown_table(pd.DataFrame(rows))
+
+
+def in_short_block(claims: pd.DataFrame, level: float) -> str:
+    """One sentence per headline comparison at matched KL `level`, read off the claims table."""
+    measure = f"PPO gold at KL {level:g}"
+    rows = claims[claims["measure"] == measure]
+    lines = []
+    for _, r in rows.iterrows():
+        lines.append(f"- {r['claim']} — {r['measured']}; {r.get('design', '')}: "
+                     f"**{r['verdict']}**.")  # fmt: skip
+    return "\n".join(lines) if lines else f"(no comparison at {measure} in the claims table)"
+
+
+def blocks(root: str | Path = ".") -> dict[str, str]:
+    """Every generated block from the committed result files under `root` (a block whose file
+    does not exist is left out)."""
+    root = Path(root)
+    out: dict[str, str] = {}
+    claims_csv = root / "results/report/claims.csv"
+    if claims_csv.exists():
+        claims = pd.read_csv(claims_csv, keep_default_na=False)
+        out["claims"] = claims_block(claims)
+        kl = [float(m.split()[-1]) for m in claims["measure"] if m.startswith("PPO gold at KL ")]
+        if kl:
+            out["in-short"] = in_short_block(claims, max(kl))
+    runs_csv = root / "results/ppo/runs.csv"
+    if runs_csv.exists():
+        runs = pd.read_csv(runs_csv)
+        levels = [float(c.removeprefix("gold_at_kl")) for c in runs.columns
+                  if c.startswith("gold_at_kl")]  # fmt: skip
+        out["matched-kl"] = matched_kl_block(runs, levels)
+    heads_csv = root / "results/heads/claims.csv"
+    if heads_csv.exists():
+        out["heads"] = claims_block(pd.read_csv(heads_csv, keep_default_na=False))
+    return out
+
+
+PATTERN = r"(<!-- generated: {name} -->\n)(.*?)(\n<!-- /generated: {name} -->)"
+
+
+def rewrite(text: str, new: dict[str, str], missing: Callable[[str], None] | None = None) -> str:
+    """`text` with the body of every `<!-- generated: NAME -->` block in `new` replaced."""
+    for name, body in new.items():
+        pattern = re.compile(PATTERN.format(name=re.escape(name)), re.S)
+        if not pattern.search(text):
+            if missing:
+                missing(name)
+            continue
+        text = pattern.sub(lambda m, b=body: m.group(1) + b + m.group(3), text)
+    return text
+
+
+def generated(text: str, name: str) -> str | None:
+    """The body of the block `name` in `text` (None when the text has no such block)."""
+    m = re.search(PATTERN.format(name=re.escape(name)), text, re.S)
+    return m.group(2) if m else None
+
+
+if __name__ == "__main__":
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    text = path.read_text()
+    new = rewrite(text, blocks(path.parent),
+                  lambda n: print(f"{path}: no block '{n}'", file=sys.stderr))  # fmt: skip
+    path.write_text(new)
+    print(f"{path}: {', '.join(blocks(path.parent)) or 'no result files found'}")

@@ -1,0 +1,40 @@
+"""The README's result tables are what `study.readme` generates from the committed results."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from study.readme import blocks, claims_block, generated, matched_kl_block, rewrite
+from tests.conftest import ROOT
+
+
+def test_every_generated_block_of_the_readme_matches_the_committed_results():
+    text = (ROOT / "README.md").read_text()
+    made = blocks(ROOT)
+    assert made, "no result file to generate the README from"
+    for name, body in made.items():
+        assert generated(text, name) == body, (
+            f"README block '{name}' differs from the committed results: run python -m study.readme"
+        )
+
+
+def test_rewrite_replaces_only_the_named_block():
+    text = "a\n<!-- generated: x -->\nold\n<!-- /generated: x -->\nb\n<!-- generated: y -->\nkeep\n<!-- /generated: y -->\n"
+    out = rewrite(text, {"x": "new\nlines"})
+    assert generated(out, "x") == "new\nlines" and generated(out, "y") == "keep"
+    missing = []
+    rewrite(text, {"z": "..."}, missing.append)
+    assert missing == ["z"]
+
+
+def test_tables_by_hand():
+    claims = pd.DataFrame({"claim": ["c | d"], "measure": ["m"], "measured": ["1 vs 2"],
+                           "design": ["paired over 5 seeds"], "verdict": ["not supported"]})  # fmt: skip
+    assert claims_block(claims).splitlines()[2] == (
+        "| c \\| d | m | 1 vs 2 | paired over 5 seeds | **not supported** |"
+    )
+    runs = pd.DataFrame({"variant": ["single", "single"], "overoptimised": [True, False],
+                         "gold_at_kl10": [1.0, float("nan")], "gold_final": [1.0, 3.0],
+                         "kl_final": [12.0, 9.5]})  # fmt: skip
+    row = matched_kl_block(runs, [10.0]).splitlines()[2]
+    assert row == "| `single` | 2 | 1/2 | 1.00 (1/2 reached) | 2.00 ± 12.71 | 9.5–12.0 |"
