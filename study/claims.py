@@ -218,6 +218,112 @@ def bon_final(curves: pd.DataFrame, variant: str) -> np.ndarray:
     return c.loc[c.groupby("seed")["n"].idxmax(), "gold"].to_numpy(np.float64)
 
 
+GAO, COSTE, AHMED = "Gao et al. 2023", "Coste et al. 2024", "Ahmed et al. 2024"
+
+# the headline's arms: each multi-head row says in what it differs from the full ensemble
+ARMS = (
+    ("ensemble_min", "full ensemble, 3 epochs each (Coste et al.; the paper's text)", COSTE),
+    ("multihead_min", "multi-head, 1 epoch (the paper's text): differs from the ensemble in "
+     "architecture and in epochs (1 vs 3)", AHMED),
+    ("multihead-3ep_min", "multi-head, 3 epochs (epoch-matched: differs from the ensemble in "
+     "architecture only)", AHMED),
+    ("multihead-authors_min", "multi-head in the authors' code's regime (nn.Linear init, head "
+     "lr = encoder lr × reward.head_lr_mult, 3 epochs)", AHMED),
+)  # fmt: skip
+
+
+def ppo_row(
+    runs: pd.DataFrame, claim: str, who: str, measure: str, a: str, b: str, col: str,
+    kind: str = "better", margin: float = 0.0,
+) -> Claim:  # fmt: skip
+    """Arms a and b through PPO, paired over the seeds both ran; a KL level counts only when
+    every seed of both reached it."""
+    va, vb = paired_values(runs, a, b, col)
+    return compare(claim, who, measure, a, va, b, vb, kind, margin, paired=True,
+                   all_seeds=col.startswith("gold_at_kl"))  # fmt: skip
+
+
+def headline_claims(
+    runs: pd.DataFrame,
+    claims_kl: float,
+    margin: float,
+    kl_levels: Sequence[float] = (),
+    bon_curves: pd.DataFrame | None = None,
+) -> list[Claim]:
+    """The headline rows: the single proxy overoptimises; each arm's minimum against the single
+    RM and against the full ensemble's, at the two highest matched-KL levels up to `claims_kl`
+    (and through best-of-n when `bon_curves` is given); one epoch against three."""
+    at = f"gold_at_kl{claims_kl:g}"
+    require_columns(
+        runs, ("variant", "seed", "overoptimised", "gold_final", at), "results/ppo/runs.parquet"
+    )
+    rows: list[Claim] = []
+    variants = set(runs["variant"])
+
+    def ppo(
+        claim: str, who: str, measure: str, a: str, b: str, col: str, kind: str = "better"
+    ) -> Claim:
+        return ppo_row(runs, claim, who, measure, a, b, col, kind, margin)
+
+    def bon(claim: str, who: str, a: str, b: str, kind: str = "better") -> Claim:
+        va, vb = paired_values(bon_final_table(bon_curves), a, b, "gold")
+        return compare(claim, who, "BoN gold at the largest n", a, va, b, vb, kind, margin,
+                       paired=True)  # fmt: skip
+
+    over = runs.loc[runs["variant"] == "single", "overoptimised"].astype(bool)
+    rows.append(
+        Claim(
+            "Optimising a single proxy overoptimises: gold peaks, then falls while the proxy rises",
+            f"{GAO}; {COSTE}",
+            "PPO runs overoptimised (single)",
+            f"{int(over.sum())} of {len(over)} seeds",
+            str(len(over)),
+            verdict_count(int(over.sum()), len(over)),
+            "count over seeds",
+        )
+    )
+    if bon_curves is not None:
+        require_columns(bon_curves, ("variant", "seed", "n", "gold", "gold_se"), "bon curves")
+        turned, n_bon, desc = bon_turnover(bon_curves, "single")
+        rows.append(
+            Claim(
+                "... also under best-of-n sampling (the gold curve turns over as n grows)",
+                GAO,
+                "BoN gold at the largest n more than 2 SE below its peak (single)",
+                f"{turned} of {n_bon} seeds: {desc}",
+                str(n_bon),
+                verdict_count(turned, n_bon),
+                "count over seeds",
+            )
+        )
+    levels = [x for x in kl_levels if x <= claims_kl] or [claims_kl]
+    for v, label, who in ARMS:
+        if v not in variants:
+            continue
+        for level in levels[-2:]:
+            rows.append(ppo(f"{label}: its minimum mitigates overoptimisation against a single RM",
+                            who, f"PPO gold at KL {level:g}", v, "single", f"gold_at_kl{level:g}"))  # fmt: skip
+        if bon_curves is not None:
+            rows.append(bon(f"{label}: its minimum mitigates overoptimisation (best-of-n)", who,
+                            v, "single"))  # fmt: skip
+        if v == "ensemble_min":
+            continue
+        for level in levels[-2:]:
+            rows.append(ppo(f"{label}: its minimum protects as well as the full ensemble's",
+                            AHMED, f"PPO gold at KL {level:g}", v, "ensemble_min",
+                            f"gold_at_kl{level:g}", "parity"))  # fmt: skip
+        rows.append(ppo(f"{label}: its minimum protects as well as the full ensemble's", AHMED,
+                        "PPO final gold", v, "ensemble_min", "gold_final", "parity"))  # fmt: skip
+        if bon_curves is not None:
+            rows.append(bon(f"{label}: its minimum protects as well as the full ensemble's "
+                            "(best-of-n)", AHMED, v, "ensemble_min", "parity"))  # fmt: skip
+    if {"multihead_min", "multihead-3ep_min"} <= variants:
+        rows.append(ppo("One epoch per head is enough: 1 epoch protects as well as 3", AHMED,
+                        f"PPO gold at KL {claims_kl:g}", "multihead_min", "multihead-3ep_min",
+                        at, "parity"))  # fmt: skip
+    return rows
+
+
 def build_claims(
     runs: pd.DataFrame,
     ece: pd.DataFrame,
@@ -235,90 +341,19 @@ def build_claims(
     calibration on the policy's own samples. The number of heads has its own table
     (`study.heads.heads_claims`, stage `heads`)."""
     at = f"gold_at_kl{claims_kl:g}"
-    require_columns(
-        runs, ("variant", "seed", "overoptimised", "gold_final", at), "results/ppo/runs.parquet"
-    )
     require_columns(ece, ("family", "seed", "method", "target", "ece"), "results/rm/ece.csv")
-    require_columns(bon_curves, ("variant", "seed", "n", "gold", "gold_se"), "bon curves")
     for key in ("multihead_train_epoch_x", "ensemble_train_total_x", "multihead_extra_parameters"):
         if key not in cost:
             raise KeyError(f"results/rm/cost_metrics.json: missing key {key}")
-
-    gao, coste, ahmed = "Gao et al. 2023", "Coste et al. 2024", "Ahmed et al. 2024"
-    rows: list[Claim] = []
+    rows = headline_claims(runs, claims_kl, margin, kl_levels, bon_curves)
     variants = set(runs["variant"])
+    coste, ahmed = COSTE, AHMED
 
     def ppo(
         claim: str, who: str, measure: str, a: str, b: str, col: str, kind: str = "better"
     ) -> Claim:
-        """Arms a and b through PPO, paired over the seeds both ran; a KL level counts only when
-        every seed of both reached it."""
-        va, vb = paired_values(runs, a, b, col)
-        return compare(claim, who, measure, a, va, b, vb, kind, margin, paired=True,
-                       all_seeds=col.startswith("gold_at_kl"))  # fmt: skip
+        return ppo_row(runs, claim, who, measure, a, b, col, kind, margin)
 
-    def bon(claim: str, who: str, a: str, b: str, kind: str = "better") -> Claim:
-        va, vb = paired_values(bon_final_table(bon_curves), a, b, "gold")
-        return compare(claim, who, "BoN gold at the largest n", a, va, b, vb, kind, margin,
-                       paired=True)  # fmt: skip
-
-    over = runs.loc[runs["variant"] == "single", "overoptimised"].astype(bool)
-    rows.append(
-        Claim(
-            "Optimising a single proxy overoptimises: gold peaks, then falls while the proxy rises",
-            f"{gao}; {coste}",
-            "PPO runs overoptimised (single)",
-            f"{int(over.sum())} of {len(over)} seeds",
-            str(len(over)),
-            verdict_count(int(over.sum()), len(over)),
-        )
-    )
-    turned, n_bon, desc = bon_turnover(bon_curves, "single")
-    rows.append(
-        Claim(
-            "... also under best-of-n sampling (the gold curve turns over as n grows)",
-            gao,
-            "BoN gold at the largest n more than 2 SE below its peak (single)",
-            f"{turned} of {n_bon} seeds: {desc}",
-            str(n_bon),
-            verdict_count(turned, n_bon),
-        )
-    )
-    # the headline: each arm's minimum against the single RM and against the full ensemble's
-    # minimum, at matched KL; each row differs from the ensemble in what its label says
-    arms = [
-        ("ensemble_min", "full ensemble, 3 epochs each (Coste et al.; the paper's text)", coste),
-        ("multihead_min", "multi-head, 1 epoch (the paper's text): differs from the ensemble in "
-         "architecture and in epochs (1 vs 3)", ahmed),
-        ("multihead-3ep_min", "multi-head, 3 epochs (epoch-matched: differs from the ensemble in "
-         "architecture only)", ahmed),
-        ("multihead-authors_min", "multi-head in the authors' code's regime (nn.Linear init, head "
-         "lr = encoder lr × reward.head_lr_mult, 3 epochs)", ahmed),
-    ]  # fmt: skip
-    levels = [x for x in kl_levels if x <= claims_kl] or [claims_kl]
-    for v, label, who in arms:
-        if v not in variants:
-            continue
-        for level in levels[-2:]:
-            rows.append(ppo(f"{label}: its minimum mitigates overoptimisation against a single RM",
-                            who, f"PPO gold at KL {level:g}", v, "single", f"gold_at_kl{level:g}"))  # fmt: skip
-        rows.append(
-            bon(f"{label}: its minimum mitigates overoptimisation (best-of-n)", who, v, "single")
-        )
-        if v == "ensemble_min":
-            continue
-        for level in levels[-2:]:
-            rows.append(ppo(f"{label}: its minimum protects as well as the full ensemble's",
-                            ahmed, f"PPO gold at KL {level:g}", v, "ensemble_min",
-                            f"gold_at_kl{level:g}", "parity"))  # fmt: skip
-        rows.append(ppo(f"{label}: its minimum protects as well as the full ensemble's", ahmed,
-                        "PPO final gold", v, "ensemble_min", "gold_final", "parity"))  # fmt: skip
-        rows.append(bon(f"{label}: its minimum protects as well as the full ensemble's (best-of-n)",
-                        ahmed, v, "ensemble_min", "parity"))  # fmt: skip
-    if {"multihead_min", "multihead-3ep_min"} <= variants:
-        rows.append(ppo("One epoch per head is enough: 1 epoch protects as well as 3", ahmed,
-                        f"PPO gold at KL {claims_kl:g}", "multihead_min", "multihead-3ep_min",
-                        at, "parity"))  # fmt: skip
     ratio = cost["multihead_train_epoch_x"] / cost["ensemble_train_total_x"]
     rows.append(
         Claim(
