@@ -33,13 +33,16 @@ def test_every_stage_runs_a_notebook_it_declares():
         assert notebooks[0] in stage["deps"], f"stage {name} does not declare {notebooks[0]}"
 
 
-def test_the_evaluation_reads_exactly_the_reward_model_matrix():
+HEADLINE_SEEDS = [0, 1, 2, 3, 4]  # seeds 5-9 are the replication's (stage replicate)
+
+
+def test_the_evaluation_reads_exactly_the_headline_reward_models():
     matrix = DVC["rm"]["matrix"]
     params = notebook_parameters("02c_rm_evaluation.ipynb")
     assert params["families"] == matrix["family"]
-    assert params["seeds"] == matrix["seed"]
-    expected = {f"results/rm/{f}/seed{s}" for f in matrix["family"] for s in matrix["seed"]}
-    assert expected <= set(DVC["rm_eval"]["deps"])
+    assert params["seeds"] == HEADLINE_SEEDS and matrix["seed"] == [*HEADLINE_SEEDS, 5, 6, 7, 8, 9]
+    expected = {f"results/rm/{f}/seed{s}" for f in matrix["family"] for s in HEADLINE_SEEDS}
+    assert expected == {d for d in DVC["rm_eval"]["deps"] if d.startswith("results/rm/")}
 
 
 def test_notebook_parameter_cells_hold_selectors_only():
@@ -79,7 +82,8 @@ def ppo_grid(exclude: tuple[str, ...] = ()) -> set[tuple[str, int]]:
 def test_the_ppo_summary_reads_exactly_the_ppo_grid():
     params = notebook_parameters("05_ppo_summary.ipynb")
     expected = {(v, s) for v, seeds in params["variants"].items() for s in seeds}
-    assert expected == ppo_grid(exclude=("ppo_k",))  # the K sweep has its own summary (heads)
+    # the K sweep has its own summary (heads), seeds 5-9 theirs (replicate)
+    assert expected == {(v, s) for v, s in ppo_grid(exclude=("ppo_k",)) if s < 5}
     assert {f"results/ppo/{v}/seed{s}" for v, s in expected} <= set(DVC["ppo_summary"]["deps"])
 
 
@@ -98,12 +102,24 @@ def test_every_ppo_stage_reads_the_reward_models_of_its_own_arm_and_seed():
                 assert {"family": rm, "seed": item["seed"]} in trained, (name, item)
 
 
-def test_best_of_n_reads_exactly_the_reward_model_matrix():
+def test_best_of_n_reads_exactly_the_headline_reward_models():
     matrix = DVC["rm"]["matrix"]
     params = notebook_parameters("04_best_of_n.ipynb")
-    assert params["families"] == matrix["family"] and params["seeds"] == matrix["seed"]
-    expected = {f"artifacts/rm/{f}/seed{s}" for f in matrix["family"] for s in matrix["seed"]}
-    assert expected <= set(DVC["bon"]["deps"])
+    assert params["families"] == matrix["family"] and params["seeds"] == HEADLINE_SEEDS
+    expected = {f"artifacts/rm/{f}/seed{s}" for f in matrix["family"] for s in HEADLINE_SEEDS}
+    assert expected == {d for d in DVC["bon"]["deps"] if d.startswith("artifacts/rm/")}
+
+
+def test_the_replication_reads_both_seed_sets_of_every_headline_arm():
+    params = notebook_parameters("09_replicate.ipynb")
+    assert params["seeds"]["A"] == HEADLINE_SEEDS and not set(params["seeds"]["A"]) & set(
+        params["seeds"]["B"]
+    )
+    grid = ppo_grid()
+    deps = set(DVC["replicate"]["deps"])
+    for v in params["variants"]:
+        for s in params["seeds"]["A"] + params["seeds"]["B"]:
+            assert (v, s) in grid and f"results/ppo/{v}/seed{s}" in deps, (v, s)
 
 
 def test_the_heads_sweep_reads_exactly_what_rm_and_rm_k_train():
