@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup study study-k study-replicate test lint clean
+.PHONY: setup study study-agg study-k study-replicate test lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,15 @@ setup: $(STAMP)
 
 # `dvc repro`'s stages, as many side by side as there are cores (study/pipeline.py): the headline
 # (five reward-model arms and the gold control through PPO and best-of-n on five seeds) and its
-# report; `study-k` adds the number-of-heads sweep (stage heads), `study-replicate` the headline on
-# the disjoint seeds 5-9 (stage replicate). Every other stage of dvc.yaml
-# (rm_diversity) runs with `python -m study.pipeline <stage>` or `dvc repro`.
+# report; `study-agg` the mean and UWO against the minimum (stage aggregations) and TRL's RLOO beside
+# PPO; `study-k` the number-of-heads sweep (stage heads); `study-replicate` the headline on the
+# disjoint seeds 5-9 (stage replicate). rm_diversity runs with `python -m study.pipeline
+# rm_diversity` or `dvc repro`.
 study: setup
 	$(BIN)/python -m study.pipeline report
+
+study-agg: setup
+	$(BIN)/python -m study.pipeline aggregations rloo
 
 study-k: setup
 	$(BIN)/python -m study.pipeline heads

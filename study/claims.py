@@ -324,6 +324,27 @@ def headline_claims(
     return rows
 
 
+def aggregation_claims(
+    runs: pd.DataFrame, claims_kl: float, margin: float, families: Sequence[str]
+) -> pd.DataFrame:
+    """The minimum against the mean (the minimum is better) and against UWO (about as good) of
+    each family, through PPO at gold at KL `claims_kl`, paired over seeds."""
+    at = f"gold_at_kl{claims_kl:g}"
+    require_columns(runs, ("variant", "seed", at), "the aggregation runs")
+    rows = []
+    for fam in families:
+        for method in ("mean", "uwo"):
+            rows.append(ppo_row(
+                runs,
+                "The minimum is the better aggregation" if method == "mean"
+                else "UWO (mean − λ·variance) does about as well as the minimum",
+                AHMED if fam == "multihead" and method == "mean" else COSTE,
+                f"PPO gold at KL {claims_kl:g}", f"{fam}_min", f"{fam}_{method}", at,
+                "better" if method == "mean" else "parity", margin,
+            ))  # fmt: skip
+    return table(rows)
+
+
 def build_claims(
     runs: pd.DataFrame,
     ece: pd.DataFrame,
@@ -338,22 +359,15 @@ def build_claims(
     `ece` (results/rm/ece.csv: family, seed, method, target, ece), `cost`
     (results/rm/cost_metrics.json) and `bon_curves` (results/bon/curves.parquet). A missing
     column raises a KeyError naming it. `policy_ece` (results/ppo/policy_ece.csv) adds the
-    calibration on the policy's own samples. The number of heads has its own table
-    (`study.heads.heads_claims`, stage `heads`)."""
-    at = f"gold_at_kl{claims_kl:g}"
+    calibration on the policy's own samples. The aggregations (`aggregation_claims`, stage
+    `aggregations`) and the number of heads (`study.heads.heads_claims`, stage `heads`) have
+    tables of their own."""
     require_columns(ece, ("family", "seed", "method", "target", "ece"), "results/rm/ece.csv")
     for key in ("multihead_train_epoch_x", "ensemble_train_total_x", "multihead_extra_parameters"):
         if key not in cost:
             raise KeyError(f"results/rm/cost_metrics.json: missing key {key}")
     rows = headline_claims(runs, claims_kl, margin, kl_levels, bon_curves)
-    variants = set(runs["variant"])
-    coste, ahmed = COSTE, AHMED
-
-    def ppo(
-        claim: str, who: str, measure: str, a: str, b: str, col: str, kind: str = "better"
-    ) -> Claim:
-        return ppo_row(runs, claim, who, measure, a, b, col, kind, margin)
-
+    ahmed = AHMED
     ratio = cost["multihead_train_epoch_x"] / cost["ensemble_train_total_x"]
     rows.append(
         Claim(
@@ -367,17 +381,6 @@ def build_claims(
             SUPPORTED if ratio < 0.5 else NOT_SUPPORTED,
         )
     )
-    for fam in ("multihead", "ensemble"):
-        for method in ("mean", "uwo"):
-            if f"{fam}_{method}" not in variants:
-                continue
-            rows.append(ppo(
-                "The minimum is the better aggregation" if method == "mean"
-                else "UWO (mean − λ·variance) does about as well as the minimum",
-                ahmed if fam == "multihead" and method == "mean" else coste,
-                f"PPO gold at KL {claims_kl:g}", f"{fam}_min", f"{fam}_{method}", at,
-                "better" if method == "mean" else "parity",
-            ))  # fmt: skip
     clean = ece[ece["target"] == "clean"]
     for fam in ("multihead", "ensemble"):
         e = clean[clean["family"] == fam].rename(columns={"method": "variant"})

@@ -357,6 +357,11 @@ class RewardConfig:
                 "family": "multihead",
                 "overrides": ["head_init=linear", "head_lr_mult=0.01", "epochs_multihead=3"],
             },
+            **{
+                f"multihead-k{k}": {"family": "multihead", "overrides": [f"k={k}"]}
+                for k in (2, 3, 8, 10)
+            },
+            **{f"ensemble-k{k}": {"family": "ensemble", "overrides": [f"k={k}"]} for k in (1, 3)},
         },
         "Named reward-model arms beyond the three families: name -> {family, overrides of this section ('key=value')}. A name is '<family>-<tag>'; it trains and is optimised like its family (rm@<name>-<seed>, variant <name>_min).",
     )
@@ -480,18 +485,6 @@ class RewardEvalConfig:
         )
         _check(self.cost_steps >= 1, "reward_eval.cost_steps", "must be >= 1")
         _check(self.cost_score_batches >= 1, "reward_eval.cost_score_batches", "must be >= 1")
-
-
-VARIANTS = (
-    "single",
-    "ensemble_min",
-    "ensemble_mean",
-    "ensemble_uwo",
-    "multihead_min",
-    "multihead_mean",
-    "multihead_uwo",
-    "gold",
-)
 
 
 @dataclass(frozen=True)
@@ -754,7 +747,7 @@ def with_override(cfg: Any, option: str, where: str = "option") -> Any:
 
 def with_overrides(params: Params, options: Sequence[str], where: str = "overrides") -> Params:
     """`params` with 'section.key=value' overrides applied in order, each checked like params.yaml
-    (an ablation stage's one change: `reward.k=8`, `reward.epochs_multihead=3`)."""
+    (`reward.k=8`, `reward.epochs_multihead=3`)."""
     for option in options:
         section, dot, rest = option.partition(".")
         if not dot or section not in SECTIONS:

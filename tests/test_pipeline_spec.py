@@ -82,8 +82,8 @@ def ppo_grid(exclude: tuple[str, ...] = ()) -> set[tuple[str, int]]:
 def test_the_ppo_summary_reads_exactly_the_ppo_grid():
     params = notebook_parameters("05_ppo_summary.ipynb")
     expected = {(v, s) for v, seeds in params["variants"].items() for s in seeds}
-    # the K sweep has its own summary (heads), seeds 5-9 theirs (replicate)
-    assert expected == {(v, s) for v, s in ppo_grid(exclude=("ppo_k",)) if s < 5}
+    # the K sweep (heads), the mean and UWO (aggregations) and seeds 5-9 (replicate) have theirs
+    assert expected == {(v, s) for v, s in ppo_grid(exclude=("ppo_k", "ppo_agg")) if s < 5}
     assert {f"results/ppo/{v}/seed{s}" for v, s in expected} <= set(DVC["ppo_summary"]["deps"])
 
 
@@ -215,3 +215,15 @@ def test_every_stage_declares_every_study_module_its_notebook_loads():
                 extra.append(f"{name}: {d}")
     assert not missing, "stages load study modules they do not declare:\n" + "\n".join(missing)
     assert not extra, "stages declare study modules they never load:\n" + "\n".join(extra)
+
+
+def test_the_aggregations_read_every_ppo_agg_run_and_the_minimum_on_its_seeds():
+    params = notebook_parameters("05b_aggregations.ipynb")
+    grid = ppo_grid()
+    deps = set(DVC["aggregations"]["deps"])
+    agg = {(v, s) for v, s in ppo_grid(exclude=tuple(n for n in DVC if n != "ppo_agg"))}
+    expected = {(f"{f}_{m}", s) for f in params["families"] for m in ("min", "mean", "uwo")
+                for s in params["seeds"]}  # fmt: skip
+    assert agg == {(v, s) for v, s in expected if not v.endswith("_min")}
+    for v, s in expected:
+        assert (v, s) in grid and f"results/ppo/{v}/seed{s}" in deps, (v, s)

@@ -1,4 +1,4 @@
-"""The report's readings (example steps, RLOO summary) and the ablation rows, on hand-made tables."""
+"""The report's readings (example steps, RLOO summary) and the K sweep's rows, on hand-made tables."""
 
 from __future__ import annotations
 
