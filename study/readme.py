@@ -2,12 +2,13 @@
 
 Blocks of the README between `<!-- generated: NAME -->` and `<!-- /generated: NAME -->` are
 rewritten by `python -m study.readme` from the tables the pipeline wrote (and git carries):
-`results/report/claims.csv` (the claims), `results/ppo/runs.csv` (gold at matched KL, run by run)
-and `results/heads/claims.csv` (the number of heads). A test holds the README to them.
+the claims, gold at matched KL run by run, the aggregations, the number of heads, the replication
+and the world (`SOURCES`). A test holds the README to them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -86,31 +87,80 @@ def in_short_block(claims: pd.DataFrame, level: float) -> str:
     return "\n".join(lines) if lines else f"(no comparison at {measure} in the claims table)"
 
 
+def world_block(metrics: dict) -> str:
+    """The embedded world as measured by its stage (`results/world/metrics.json`)."""
+    rows = [
+        ("SFT policy: validation loss (nats / token)", f"{metrics['sft_final_val_loss']:.3f}"),
+        ("SFT samples that end with end-of-sequence", f"{metrics['sft_eos_share']:.1%}"),
+        ("SFT sentences the grammar accepts", f"{metrics['sft_grammatical_share']:.1%}"),
+        ("gold of SFT samples (mean ± sd)",
+         f"{metrics['sft_gold_mean']:.2f} ± {metrics['sft_gold_std']:.2f}"),
+        ("preference pairs; labels flipped",
+         f"{metrics['n_pairs']:,}; {metrics['flip_rate_measured']:.1%} "
+         f"(flip rate {metrics['flip_rate_param']:g})"),
+    ]  # fmt: skip
+    return markdown_table(pd.DataFrame(rows, columns=["quantity", "value"]))
+
+
+def replicate_block(side: pd.DataFrame) -> str:
+    """The headline's claims on seeds 0-4 and 5-9, side by side."""
+    df = side[["claim", "measure", "measured_A", "verdict_A", "measured_B", "verdict_B"]].rename(
+        columns={"measured_A": "seeds 0-4", "verdict_A": "verdict 0-4",
+                 "measured_B": "seeds 5-9", "verdict_B": "verdict 5-9"}
+    )  # fmt: skip
+    agree = int(side["agree"].astype(str).eq("True").sum())
+    return markdown_table(df) + f"\n\n{agree} of {len(side)} verdicts agree."
+
+
+# each block: the committed file it is generated from, and how
+SOURCES: dict[str, tuple[str, Callable[[Path], str]]] = {}
+
+
+def _claims(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False)
+
+
+def _in_short(path: Path) -> str:
+    claims = _claims(path)
+    kl = [float(m.split()[-1]) for m in claims["measure"] if m.startswith("PPO gold at KL ")]
+    return in_short_block(claims, max(kl)) if kl else "(no matched-KL comparison)"
+
+
+def _matched_kl(path: Path) -> str:
+    runs = pd.read_csv(path)
+    levels = [
+        float(c.removeprefix("gold_at_kl")) for c in runs.columns if c.startswith("gold_at_kl")
+    ]
+    return matched_kl_block(runs, levels)
+
+
+SOURCES.update({
+    "in-short": ("results/report/claims.csv", _in_short),
+    "claims": ("results/report/claims.csv", lambda p: claims_block(_claims(p))),
+    "matched-kl": ("results/ppo/runs.csv", _matched_kl),
+    "aggregations": ("results/aggregations/claims.csv", lambda p: claims_block(_claims(p))),
+    "heads": ("results/heads/claims.csv", lambda p: claims_block(_claims(p))),
+    "replicate": ("results/replicate/claims.csv", lambda p: replicate_block(_claims(p))),
+    "world": ("results/world/metrics.json", lambda p: world_block(json.loads(p.read_text()))),
+})  # fmt: skip
+
+
 def blocks(root: str | Path = ".") -> dict[str, str]:
-    """Every generated block from the committed result files under `root` (a block whose file
-    does not exist is left out)."""
+    """Every generated block from the committed result files under `root`; a block whose file
+    is not there says which command writes it."""
     root = Path(root)
-    out: dict[str, str] = {}
-    claims_csv = root / "results/report/claims.csv"
-    if claims_csv.exists():
-        claims = pd.read_csv(claims_csv, keep_default_na=False)
-        out["claims"] = claims_block(claims)
-        kl = [float(m.split()[-1]) for m in claims["measure"] if m.startswith("PPO gold at KL ")]
-        if kl:
-            out["in-short"] = in_short_block(claims, max(kl))
-    runs_csv = root / "results/ppo/runs.csv"
-    if runs_csv.exists():
-        runs = pd.read_csv(runs_csv)
-        levels = [float(c.removeprefix("gold_at_kl")) for c in runs.columns
-                  if c.startswith("gold_at_kl")]  # fmt: skip
-        out["matched-kl"] = matched_kl_block(runs, levels)
-    heads_csv = root / "results/heads/claims.csv"
-    if heads_csv.exists():
-        out["heads"] = claims_block(pd.read_csv(heads_csv, keep_default_na=False))
+    out = {}
+    for name, (rel, make) in SOURCES.items():
+        path = root / rel
+        out[name] = (
+            make(path)
+            if path.exists()
+            else f"*Not generated yet: `{rel}` is written by the pipeline (see the commands below).*"
+        )
     return out
 
 
-PATTERN = r"(<!-- generated: {name} -->\n)(.*?)(\n<!-- /generated: {name} -->)"
+PATTERN = r"(<!-- generated: {name} -->)\n(.*?)\n?(<!-- /generated: {name} -->)"
 
 
 def rewrite(text: str, new: dict[str, str], missing: Callable[[str], None] | None = None) -> str:
@@ -121,7 +171,7 @@ def rewrite(text: str, new: dict[str, str], missing: Callable[[str], None] | Non
             if missing:
                 missing(name)
             continue
-        text = pattern.sub(lambda m, b=body: m.group(1) + b + m.group(3), text)
+        text = pattern.sub(lambda m, b=body: f"{m.group(1)}\n{b}\n{m.group(3)}", text)
     return text
 
 
