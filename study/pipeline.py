@@ -180,9 +180,12 @@ def execute(
     log_dir: Path = LOG_DIR,
     echo: Any = print,
     poll_s: float = 0.2,
+    heartbeat_s: float = 60.0,
 ) -> list[dict[str, Any]]:
-    """Run the stages of `run` on `cores` cores; their timings. Raises RuntimeError naming the
-    first stage that failed, after the stages already running have finished."""
+    """Run the stages of `run` on `cores` cores; their timings. Every `heartbeat_s` seconds each
+    running stage is reported with its elapsed time and the last line of its log (a stage can run
+    for minutes). Raises RuntimeError naming the first stage that failed, after the stages already
+    running have finished."""
     dvc = dvc or [sys.executable, "-m", "dvc"]
     log_dir.mkdir(parents=True, exist_ok=True)
     prio = priorities(stages, run)
@@ -192,6 +195,7 @@ def execute(
     timings: list[dict[str, Any]] = []
     failed: list[str] = []
     t_start = time.time()
+    last_beat = t_start
 
     def free() -> int:
         return cores - sum(need[n] for n in running)
@@ -221,6 +225,11 @@ def execute(
             if not running:
                 break
             time.sleep(poll_s)
+            if time.time() - last_beat >= heartbeat_s:
+                last_beat = time.time()
+                for n, (_, t0, _) in running.items():
+                    echo(f"[{_clock(t_start)}] ...   {n} running for {_clock(t0)}: "
+                         f"{last_log_line(log_dir / f'{n}.log')}")  # fmt: skip
             for n, (proc, t0, log) in list(running.items()):
                 rc = proc.poll()
                 if rc is None:
@@ -254,6 +263,20 @@ def execute(
             f"--- end of {log_dir / f'{first}.log'} ---\n{tail}"
         )
     return timings
+
+
+def last_log_line(path: Path, width: int = 100) -> str:
+    """The last non-empty line of a stage's log, progress bars' carriage returns resolved."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [seg.strip() for line in tail.splitlines() for seg in line.split("\r")[-1:]]
+    lines = [x for x in lines if x]
+    return lines[-1][:width] if lines else ""
 
 
 def _clock(t0: float) -> str:

@@ -170,3 +170,25 @@ def test_priorities_put_the_longest_chain_first():
     assert start_order(st, {"y", "z", "x"}, priorities(st, set(st))) == ["x", "z", "y"]
     st["z"].minutes = 5.0  # a long stage that nothing waits on goes before the longer chain
     assert priorities(st, set(st)) == {"w": 6, "x": 2, "y": 1, "z": 5}
+
+
+def test_a_long_stage_reports_its_progress(tmp_path, monkeypatch):
+    root = _project(tmp_path, _stage("slow", [], sleep=2.5))
+    monkeypatch.chdir(root)
+    stages, stale = load_stages(root, PARAMS)
+    lines = []
+    execute(stages, plan(stages, stale, None), 1, dvc=DVC, log_dir=root / "logs",
+            echo=lines.append, heartbeat_s=0.8)  # fmt: skip
+    beats = [x for x in lines if "running for" in x]
+    assert beats and all(" slow running for " in x for x in beats)
+    # each beat ends with the last line of the stage's log (DVC's 'Running stage' or the command)
+    assert all(x.split("running for ", 1)[1].split(": ", 1)[1] for x in beats), beats
+
+
+def test_last_log_line_resolves_progress_bars(tmp_path):
+    from study.pipeline import last_log_line
+
+    log = tmp_path / "x.log"
+    log.write_text("start\nExecuting:  10%|#\rExecuting:  50%|#####\r\n\n")
+    assert last_log_line(log) == "Executing:  50%|#####"
+    assert last_log_line(tmp_path / "missing.log") == ""
