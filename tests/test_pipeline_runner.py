@@ -181,8 +181,8 @@ def test_a_long_stage_reports_its_progress(tmp_path, monkeypatch):
             echo=lines.append, heartbeat_s=0.8)  # fmt: skip
     beats = [x for x in lines if "running for" in x]
     assert beats and all(" slow running for " in x for x in beats)
-    # each beat ends with the last line of the stage's log (DVC's 'Running stage' or the command)
-    assert all(x.split("running for ", 1)[1].split(": ", 1)[1] for x in beats), beats
+    # a beat ends with the last line of the stage's log so far (here: the command DVC runs)
+    assert any("> echo start slow" in x for x in beats), beats
 
 
 def test_last_log_line_resolves_progress_bars(tmp_path):
