@@ -104,9 +104,9 @@ def world_block(metrics: dict) -> str:
 
 def replicate_block(side: pd.DataFrame) -> str:
     """The headline's claims on seeds 0-4 and 5-9, side by side."""
-    df = side[["claim", "measure", "measured_A", "verdict_A", "measured_B", "verdict_B"]].rename(
-        columns={"measured_A": "seeds 0-4", "verdict_A": "verdict 0-4",
-                 "measured_B": "seeds 5-9", "verdict_B": "verdict 5-9"}
+    df = side[["claim", "measure", "verdict_A", "verdict_B", "measured_all", "verdict_all"]].rename(
+        columns={"verdict_A": "verdict, seeds 0-4", "verdict_B": "verdict, seeds 5-9",
+                 "measured_all": "all ten seeds", "verdict_all": "verdict, ten seeds"}
     )  # fmt: skip
     agree = int(side["agree"].astype(str).eq("True").sum())
     return markdown_table(df) + f"\n\n{agree} of {len(side)} verdicts agree."
