@@ -27,6 +27,7 @@ showing the end of its log. Ctrl-C stops every running stage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import signal
@@ -168,8 +169,32 @@ def priorities(stages: dict[str, Stage], run: set[str]) -> dict[str, float]:
     return {n: depth(n) for n in run}
 
 
-def _command(name: str, dvc: list[str]) -> list[str]:
-    return [*dvc, "--wait-for-lock", "repro", "--single-item", name]
+def _command(name: str, dvc: list[str], force: bool = False) -> list[str]:
+    # --force: DVC reruns the stage even when it finds it up to date (`-f` of the runner)
+    return [
+        *dvc,
+        "--wait-for-lock",
+        "repro",
+        "--single-item",
+        *(["--force"] if force else []),
+        name,
+    ]
+
+
+def stop_groups(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
+    """End every stage's process group (DVC, papermill and the kernel it started): SIGTERM, then
+    SIGKILL for what still runs after `grace_s` seconds."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.time() + grace_s
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, deadline - time.time()))
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the group's other members, if any remain
+        proc.wait()
 
 
 def execute(
@@ -181,6 +206,7 @@ def execute(
     echo: Any = print,
     poll_s: float = 0.2,
     heartbeat_s: float = 60.0,
+    force: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the stages of `run` on `cores` cores; their timings. Every `heartbeat_s` seconds each
     running stage is reported with its elapsed time and the last line of its log (a stage can run
@@ -216,8 +242,9 @@ def execute(
                     break
                 log = open(log_dir / f"{n}.log", "w")  # closed when the stage ends
                 proc = subprocess.Popen(
-                    _command(n, dvc), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-                )
+                    _command(n, dvc, force), stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )  # fmt: skip
                 running[n] = (proc, time.time(), log)
                 echo(
                     f"[{_clock(t_start)}] start {n} ({need[n]} core(s); {len(done)}/{len(run)} done)"
@@ -245,11 +272,9 @@ def execute(
                 else:
                     failed.append(n)
                     echo(f"[{_clock(t_start)}] FAILED {n} (exit {rc}); log: {log_dir / f'{n}.log'}")
-    except KeyboardInterrupt:
-        for proc, _, _ in running.values():
-            os.killpg(proc.pid, signal.SIGINT)
-        for proc, _, log in running.values():
-            proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (main turns it into this)
+        stop_groups([proc for proc, _, _ in running.values()])
+        for _, _, log in running.values():
             log.close()
         raise
     finally:
@@ -325,11 +350,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry:
         return 0
     t0 = time.time()
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
-        execute(stages, run, args.cores)
+        execute(stages, run, args.cores, force=args.force)
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: every running stage stopped; finished stages are kept", file=sys.stderr)
+        return 130
     print(
         f"{len(run)} stage(s) in {(time.time() - t0) / 60:.1f} min; timings: {LOG_DIR / 'timings.csv'}"
     )

@@ -192,3 +192,45 @@ def test_last_log_line_resolves_progress_bars(tmp_path):
     log.write_text("start\nExecuting:  10%|#\rExecuting:  50%|#####\r\n\n")
     assert last_log_line(log) == "Executing:  50%|#####"
     assert last_log_line(tmp_path / "missing.log") == ""
+
+
+def test_force_reruns_an_up_to_date_stage_through_dvc(tmp_path, monkeypatch):
+    root = _project(tmp_path, _stage("a", [], sleep=0.1))
+    _run(root, 1, monkeypatch)
+    monkeypatch.chdir(root)
+    stages, stale = load_stages(root, PARAMS)
+    assert not stale  # up to date: only --force makes DVC run it again
+    run = plan(stages, stale, ["a"], force=True, single_item=True)
+    execute(stages, run, 1, dvc=DVC, log_dir=root / "logs", echo=lambda *_: None, force=True)
+    starts = [x for x in (root / "events").read_text().splitlines() if x.startswith("start a")]
+    assert len(starts) == 2
+
+
+def test_sigterm_stops_every_running_stage_and_leaves_no_process(tmp_path):
+    import os
+    import signal
+    import time
+
+    marker = f"sleep 41.{os.getpid()}"
+    stage = _stage("long", [], sleep=0).replace("sleep 0", marker)
+    root = _project(tmp_path, stage)
+    shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", root / "params.yaml")
+    runner = subprocess.Popen(
+        [sys.executable, "-c", "import sys, study.pipeline as p; sys.exit(p.main(['-j', '1']))"],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )  # fmt: skip
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait until the stage's command runs
+        if subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.2)
+    else:
+        runner.kill()
+        pytest.fail(f"the stage never started: {runner.communicate()}")
+    runner.send_signal(signal.SIGTERM)
+    out, err = runner.communicate(timeout=30)
+    assert runner.returncode == 130, out + err
+    assert "interrupted" in err
+    time.sleep(0.5)
+    assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1
