@@ -112,6 +112,39 @@ def replicate_block(side: pd.DataFrame) -> str:
     return markdown_table(df) + f"\n\n{agree} of {len(side)} verdicts agree."
 
 
+def reward_models_block(metrics: dict) -> str:
+    """Per reward-model arm (`results/rm/metrics.json`): clean accuracy of one head and of the
+    minimum, the heads' correlation on held-out pairs, how far the heads moved from their start,
+    and the ECE of min / mean / max (mean ± 95% interval over seeds)."""
+    arms = list(dict.fromkeys(k.split(".")[0] for k in metrics if "." in k))
+
+    def get(key: str, digits: int = 3) -> str:
+        v = metrics.get(key)
+        if v is None:
+            return "—"
+        if isinstance(v, dict):
+            m, ci = v.get("mean"), v.get("ci95")
+            if m is None or (isinstance(m, float) and math.isnan(m)):
+                return "—"
+            ok = ci is not None and not (isinstance(ci, float) and math.isnan(ci))
+            return f"{m:.{digits}f} ± {ci:.{digits}f}" if ok else f"{m:.{digits}f}"
+        return f"{v:.{digits}f}"
+
+    rows = []
+    for arm in arms:
+        rows.append({
+            "arm": f"`{arm}`",
+            "clean accuracy, one head": get(f"{arm}.acc_clean.head_mean"),
+            "clean accuracy, min": get(f"{arm}.acc_clean.min"),
+            "head correlation": get(f"{arm}.head_corr", 2),
+            "heads moved ‖W−W₀‖/‖W₀‖": get(f"{arm}.head_moved", 2),
+            "ECE min / mean / max": " / ".join(
+                get(f"{arm}.ece_clean.{m}").split(" ±")[0] for m in ("min", "mean", "max")
+            ),
+        })  # fmt: skip
+    return markdown_table(pd.DataFrame(rows))
+
+
 # each block: the committed file it is generated from, and how
 SOURCES: dict[str, tuple[str, Callable[[Path], str]]] = {}
 
@@ -142,6 +175,9 @@ SOURCES.update({
     "heads": ("results/heads/claims.csv", lambda p: claims_block(_claims(p))),
     "replicate": ("results/replicate/claims.csv", lambda p: replicate_block(_claims(p))),
     "world": ("results/world/metrics.json", lambda p: world_block(json.loads(p.read_text()))),
+    "reward-models": (
+        "results/rm/metrics.json", lambda p: reward_models_block(json.loads(p.read_text()))
+    ),
 })  # fmt: skip
 
 
