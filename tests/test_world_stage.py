@@ -73,7 +73,9 @@ def _copy_project(dst: Path) -> None:
     for name in ("study", "notebooks", "dvc.yaml", "params.yaml", "pyproject.toml"):
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                src, dst / name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
+            )
         else:
             shutil.copy2(src, dst / name)
 
