@@ -74,6 +74,9 @@ def heads_claims(sweep: pd.DataFrame, level: float, margin: float) -> pd.DataFra
     are enough')."""
     col = f"gold_at_kl{level:g}"
     require_columns(sweep, ("family", "k", "seed", col), "the K sweep")
+    # an arm whose K equals another's of its family (at toy sizes the headline's K can be a sweep
+    # point) counts once
+    sweep = sweep.drop_duplicates(["family", "k", "seed"])
     rows: list[Claim] = []
     runs = sweep.assign(variant=lambda d: d["family"] + " K=" + d["k"].astype(str))
     for family, g in sweep.groupby("family", sort=False):

@@ -67,7 +67,8 @@ def test_heads_claims_pair_the_seeds_of_each_k():
         for k, gold in ((1, 1.0), (3, 2.0), (10, 2.05)):
             rows.append({"family": "multihead", "k": k, "seed": seed,
                          "gold_at_kl10": gold + 0.001 * seed * k})  # fmt: skip
-    t = heads_claims(pd.DataFrame(rows), 10.0, 0.2)
+    dup = [{**r, "gold_at_kl10": 9.0} for r in rows if r["k"] == 3]  # a second arm with K = 3
+    t = heads_claims(pd.DataFrame(rows + dup), 10.0, 0.2)
     more = t[t["claim"] == "More heads mitigate more"].iloc[0]
     assert more["verdict"] == "supported" and more["design"] == "paired over 3 seeds"
     assert "multihead K=10" in more["measured"] and "vs multihead K=1" in more["measured"]
