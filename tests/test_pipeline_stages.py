@@ -66,7 +66,7 @@ def test_every_reward_model_output_exists(project):
             training = json.loads(
                 (root / f"artifacts/rm/{family}/seed{seed}/training.json").read_text()
             )
-            assert training["params"]["reward"]["k"] == 3 and training["family"] == family
+            assert training["params"]["reward"]["k"] == 3 and training["arm"] == family
     for rel in (
         "figures/rm_accuracy.png",
         "figures/rm_calibration.png",
@@ -172,7 +172,8 @@ def test_every_ppo_run_and_the_summary_are_written(project):
     evals = pd.read_parquet(root / "results/ppo/multihead-authors_min/seed0/evals.parquet")
     assert evals["head_corr"].between(-1, 1).all()
     metrics = json.loads((root / "results/ppo/metrics.json").read_text())
-    assert "single.gold_peak" in metrics and "multihead_min.overoptimised_runs" in metrics
+    assert "single.gold_final" in metrics and "multihead_min.overoptimised_runs" in metrics
+    assert {"single.gold_at_kl10", "ensemble_min.gold_at_kl10"} <= set(metrics)
 
 
 def test_best_of_n_curves_cover_every_variant(project):
@@ -278,7 +279,8 @@ def test_the_heads_sweep_and_the_claims_table(project):
                     & claims["measured"].str.contains(" vs ensemble_min ")).sum() >= 3, arm  # fmt: skip
     assert claims["design"].fillna("").str.startswith("paired over 5 seeds").any()
     agg = pd.read_csv(root / "results/aggregations/claims.csv")  # min against mean and UWO
-    assert len(agg) == 4 and agg["design"].eq("paired over 3 seeds").all()
+    # paired over the seeds that reached the KL level (none at smoke scale)
+    assert len(agg) == 4 and agg["design"].str.startswith("paired over").all()
     side = pd.read_csv(root / "results/replicate/claims.csv")  # seeds 0-4 against 5-9
     assert {"verdict_A", "verdict_B", "agree"} <= set(side.columns) and len(side) >= 10
     index = (root / "reports/index.html").read_text()
