@@ -168,13 +168,6 @@ def table(claims: Sequence[Claim]) -> pd.DataFrame:
     return pd.DataFrame([asdict(c) for c in claims])
 
 
-def runs_of(runs: pd.DataFrame, variant: str, column: str) -> np.ndarray:
-    """One value per seed of `column` for `variant` in a `study.analysis.run_summaries` table."""
-    if column not in runs.columns:
-        raise KeyError(f"runs table: missing column {column} (has {', '.join(runs.columns)})")
-    return runs.loc[runs["variant"] == variant, column].to_numpy(np.float64)
-
-
 def bon_turnover(curves: pd.DataFrame, variant: str, n_se: float = 2.0) -> tuple[int, int, str]:
     """Seeds whose best-of-n gold curve turns over: its gold at the largest n is more than `n_se`
     standard errors below its peak. Returns (turned, seeds, a description)."""
@@ -213,9 +206,9 @@ def bon_final_table(curves: pd.DataFrame) -> pd.DataFrame:
 
 
 def bon_final(curves: pd.DataFrame, variant: str) -> np.ndarray:
-    """Gold at the largest n of each seed's best-of-n curve."""
-    c = curves[curves["variant"] == variant]
-    return c.loc[c.groupby("seed")["n"].idxmax(), "gold"].to_numpy(np.float64)
+    """Gold at the largest n of each seed's best-of-n curve, in order of seed."""
+    t = bon_final_table(curves)
+    return t[t["variant"] == variant].sort_values("seed")["gold"].to_numpy(np.float64)
 
 
 GAO, COSTE, AHMED = "Gao et al. 2023", "Coste et al. 2024", "Ahmed et al. 2024"
