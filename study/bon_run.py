@@ -142,6 +142,16 @@ def bon_variants(families: Sequence[str]) -> list[str]:
     return [*out, "gold"]
 
 
+def arm_heads(frame: pd.DataFrame, normalise: str) -> np.ndarray:
+    """The heads' rewards (K, P * N) of one arm and seed's proxy scores, prompt-major, z-scored
+    per head over all the (SFT) responses when `normalise` is 'sft_zscore' (as PPO does)."""
+    frame = frame.sort_values(["prompt_id", "sample_id"])
+    heads = frame[head_columns(frame)].dropna(axis=1, how="all").to_numpy().T  # (K, P * N)
+    if normalise == "sft_zscore":
+        heads = (heads - heads.mean(1, keepdims=True)) / heads.std(1, ddof=1, keepdims=True)
+    return heads
+
+
 def variant_scores(
     proxy_scores: pd.DataFrame, variant: str, seed: int, normalise: str, uwo_lambda: float
 ) -> np.ndarray:
@@ -154,11 +164,7 @@ def variant_scores(
     frame = proxy_scores[(proxy_scores["family"] == family) & (proxy_scores["seed"] == seed)]
     if frame.empty:
         raise KeyError(f"no proxy scores of {family} seed {seed}")
-    frame = frame.sort_values(["prompt_id", "sample_id"])
-    heads = frame[head_columns(frame)].dropna(axis=1, how="all").to_numpy().T  # (K, P * N)
-    if normalise == "sft_zscore":
-        heads = (heads - heads.mean(1, keepdims=True)) / heads.std(1, ddof=1, keepdims=True)
-    return aggregate(torch.as_tensor(heads), method, uwo_lambda).numpy()
+    return aggregate(torch.as_tensor(arm_heads(frame, normalise)), method, uwo_lambda).numpy()
 
 
 TOP_FRACTION = 1 / 16  # the top of each prompt's candidates: where a best-of-16 pick comes from
@@ -176,12 +182,9 @@ def candidate_head_diversity(
     """
     rows = []
     for (family, seed), frame in proxy_scores.groupby(["family", "seed"], sort=False):
-        frame = frame.sort_values(["prompt_id", "sample_id"])
-        heads = frame[head_columns(frame)].dropna(axis=1, how="all").to_numpy().T  # (K, P * N)
+        heads = arm_heads(frame, normalise)  # (K, P * N)
         if heads.shape[0] < 2:
             continue
-        if normalise == "sft_zscore":
-            heads = (heads - heads.mean(1, keepdims=True)) / heads.std(1, ddof=1, keepdims=True)
         h = torch.as_tensor(heads)
         p = frame["prompt_id"].nunique()
         score = aggregate(h, "min", uwo_lambda).numpy().reshape(p, -1)  # (P, N)
