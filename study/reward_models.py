@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,17 +22,15 @@ from typing import Protocol
 
 import torch
 import torch.nn as nn
-from huggingface_hub.dataclasses import strict
 from torch.func import functional_call, stack_module_state
 from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForSequenceClassification,
-    PreTrainedConfig,
-    PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-from transformers.modeling_outputs import SequenceClassifierOutput
+
+from study.modeling_reward import MultiHeadRewardModel, RewardModelConfig
 
 FAMILIES = ("single", "multihead", "ensemble")
 ENSEMBLE_MANIFEST = "ensemble.json"
@@ -43,77 +40,11 @@ class RewardModelError(ValueError):
     """A reward model that cannot be used as asked (wrong K, wrong directory, mixed members)."""
 
 
-@strict
-class RewardModelConfig(PreTrainedConfig):
-    """Configuration of a K-head reward model: the encoder's own config (as a dict) and the heads."""
-
-    model_type = "study_reward_model"
-    encoder: dict | None = None
-    head_init: str = "normal"
-    head_init_std: float = 0.02
-
-
-def init_heads(score: nn.Linear, mode: str, std: float = 0.02) -> None:
-    """Draw the K heads (a Linear(d, K)) in place: 'normal' is N(0, std) weights and zero bias;
-    'linear' is torch.nn.Linear's own default (Kaiming-uniform with a = sqrt(5), i.e.
-    U(-1/sqrt(d), 1/sqrt(d)) for the weights, and the same bound for the bias)."""
-    if mode == "normal":
-        nn.init.normal_(score.weight, std=std)
-        nn.init.zeros_(score.bias)
-    elif mode == "linear":
-        score.reset_parameters()
-    else:
-        raise RewardModelError(f"head_init: unknown mode {mode!r} (known: normal, linear)")
-
-
-class MultiHeadRewardModel(PreTrainedModel):
-    """One encoder, K linear heads: logits (B, K) from the hidden state at the last attended token."""
-
-    config_class = RewardModelConfig
-    base_model_prefix = "encoder"
-
-    def __init__(self, config: RewardModelConfig):
-        super().__init__(config)
-        if not config.encoder:
-            raise RewardModelError("RewardModelConfig.encoder is empty: no encoder to build")
-        enc_config = AutoConfig.for_model(**config.encoder)
-        self.encoder = AutoModel.from_config(enc_config)
-        hidden = getattr(enc_config, "hidden_size", None) or enc_config.n_embd
-        self.score = nn.Linear(hidden, config.num_labels)  # K heads with a bias each
-        self._position_ids = "position_ids" in inspect.signature(self.encoder.forward).parameters
-        self.post_init()
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if module is getattr(self, "score", None):
-            init_heads(module, self.config.head_init, self.config.head_init_std)
-
-    @property
-    def k(self) -> int:
-        return self.config.num_labels
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: object
-    ) -> SequenceClassifierOutput:
-        kwargs = {}
-        if self._position_ids:  # count positions from the first real token (left padding)
-            kwargs["position_ids"] = (attention_mask.cumsum(1) - 1).clamp(min=0)
-        if "use_cache" in self.encoder.config:  # a decoder used as an encoder keeps no cache
-            kwargs["use_cache"] = False
-        h = self.encoder(
-            input_ids=input_ids, attention_mask=attention_mask, **kwargs
-        ).last_hidden_state  # (B, T, H)
-        t = attention_mask.shape[1]
-        last = (attention_mask * torch.arange(t, device=attention_mask.device)).argmax(1)  # (B,)
-        pooled = h[torch.arange(h.shape[0], device=h.device), last]  # (B, H)
-        return SequenceClassifierOutput(logits=self.score(pooled))  # (B, K)
-
-    def rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Rewards (K, B) of a batch of token ids (B, T)."""
-        return self(input_ids, attention_mask).logits.T
-
-
 AutoConfig.register(RewardModelConfig.model_type, RewardModelConfig)
 AutoModelForSequenceClassification.register(RewardModelConfig, MultiHeadRewardModel)
+# save_pretrained copies study/modeling_reward.py into the checkpoint and writes config.auto_map
+RewardModelConfig.register_for_auto_class()
+MultiHeadRewardModel.register_for_auto_class("AutoModelForSequenceClassification")
 
 
 class EnsembleRewardModel(nn.Module):

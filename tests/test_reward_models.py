@@ -11,12 +11,12 @@ import torch
 
 from study.config import SFTConfig, load_params
 from study.generation import left_pad
+from study.modeling_reward import init_heads
 from study.reward_models import (
     EnsembleRewardModel,
     MultiHeadRewardModel,
     RewardModelError,
     build_reward_model,
-    init_heads,
     load_reward_model,
     num_parameters,
     right_pad,
@@ -253,7 +253,7 @@ def test_linear_head_init_is_torch_nn_linear_own_default(policy_dir):
     assert model.score.bias.abs().sum() > 0
     normal = build_reward_model("policy", policy_dir, k, seed=0, head_init_std=0.02)
     assert normal.score.bias.abs().sum() == 0 and normal.score.weight.std() < 0.03
-    with pytest.raises(RewardModelError, match="head_init"):
+    with pytest.raises(ValueError, match="head_init"):
         init_heads(heads, "xavier")
 
 
@@ -290,3 +290,54 @@ def test_head_moved_is_the_relative_frobenius_distance():
     moved = start + torch.tensor([[0.0, 1.0], [0.0, 0.0]])
     assert head_moved(moved, start) == pytest.approx(0.2)
     assert head_moved(start, start) == 0.0
+
+
+FRESH_LOAD = """
+import json, sys, torch
+from transformers import AutoModelForSequenceClassification
+ids = torch.tensor(json.loads(sys.argv[2]))
+out = {}
+for name in sys.argv[1].split(","):
+    model = AutoModelForSequenceClassification.from_pretrained(name, trust_remote_code=True).eval()
+    with torch.no_grad():
+        out[name] = model(ids).logits.tolist()  # no attention_mask: pad tokens are not attended
+assert not any(m == "study" or m.startswith("study.") for m in sys.modules), "study was imported"
+print(json.dumps(out))
+"""
+
+
+def test_a_saved_reward_model_loads_in_a_fresh_python_without_the_study(policy_dir, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    multi = build_reward_model("policy", policy_dir, 3, seed=0)
+    members = [build_reward_model("policy", policy_dir, 1, seed=s) for s in (1, 2)]
+    ensemble = EnsembleRewardModel(members)
+    multi.save_pretrained(tmp_path / "multihead")
+    ensemble.save_pretrained(tmp_path / "ensemble")
+    assert (tmp_path / "multihead" / "modeling_reward.py").is_file()
+    assert json.loads((tmp_path / "multihead" / "config.json").read_text())["auto_map"] == {
+        "AutoConfig": "modeling_reward.RewardModelConfig",
+        "AutoModelForSequenceClassification": "modeling_reward.MultiHeadRewardModel",
+    }
+    pad = multi.config.pad_token_id
+    ids, mask = right_pad([[5, 6, 7, 8, 9], [5, 6], [7, 8, 9, 10]], pad)
+    dirs = [str(tmp_path / "multihead")] + [
+        str(tmp_path / "ensemble" / f"member_0{i}") for i in (0, 1)
+    ]
+    run = subprocess.run(
+        [sys.executable, "-c", FRESH_LOAD, ",".join(dirs), json.dumps(ids.tolist())],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    loaded = json.loads(run.stdout.strip().splitlines()[-1])
+    with torch.no_grad():
+        expected = [multi.rewards(ids, mask).T, *ensemble.rewards(ids, mask).T.split(1, dim=1)]
+    for d, e in zip(dirs, expected, strict=True):
+        got = torch.tensor(loaded[d])
+        assert got.shape == e.shape
+        assert (got - e).abs().max() <= 1e-5, d
