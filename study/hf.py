@@ -35,7 +35,6 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from study.aggregate import METHODS, aggregate
-from study.generation import left_pad
 from study.hub import load_tokenizer
 from study.io import atomic_path, git_revision
 from study.modeling_reward import MultiHeadRewardModel
@@ -214,11 +213,11 @@ class RewardFunction:
     """The aggregated (and normalised) reward of a checkpoint, in TRL's reward-function signature:
     ``f(prompts, completions, completion_ids=None, **kwargs) -> list[float]``.
 
-    Each prompt is tokenised as given (the policy's input, template included) and left-padded; the
-    completion follows as `completion_ids` (TRL passes them, through the EOS where the completion
-    ended) or, without them, as the tokenised completion text plus EOS (a finished response; pass
-    ``finished=[...]`` to say otherwise), then right padding: the layout of the study's own PPO
-    rollouts. Scoring runs in batches of `batch_size` on the model's device.
+    Each prompt is tokenised as given (the policy's input, template included); the completion
+    follows as `completion_ids` (TRL passes them, through the EOS where the completion ended) or,
+    without them, as the tokenised completion text plus EOS (a finished response; pass
+    ``finished=[...]`` to say otherwise). Scoring runs in length-sorted batches of `batch_size` on
+    the model's device, as the study's own `score_ids` does.
     """
 
     def __init__(
@@ -276,18 +275,20 @@ class RewardFunction:
         elif len(completion_ids) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(completion_ids)} completion_ids")
         queries = tok([p if isinstance(p, str) else _message_text(p) for p in prompts])
+        seqs = [
+            [*q, *(int(t) for t in c)]
+            for q, c in zip(queries["input_ids"], completion_ids, strict=True)
+        ]
+        # length-sorted batches, right-padded (positions count from the first token, so this
+        # gives the rewards of the rollout layout, left-padded prompt then completion)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         out = []
         device = self.device
-        for s in range(0, len(prompts), self.batch_size):
-            q_ids, q_mask = left_pad(queries["input_ids"][s : s + self.batch_size], self.pad_id)
-            r = [list(c) for c in completion_ids[s : s + self.batch_size]]
-            r_ids, r_mask = right_pad([c if c else [self.pad_id] for c in r], self.pad_id)
-            r_mask[[i for i, c in enumerate(r) if not c]] = 0  # an empty completion
-            ids = torch.cat([q_ids, r_ids], 1).to(device)
-            mask = torch.cat([q_mask, r_mask], 1).to(device)
+        for s in range(0, len(order), self.batch_size):
+            ids, mask = right_pad([seqs[i] for i in order[s : s + self.batch_size]], self.pad_id)
             with torch.no_grad():
-                out.append(self.bundle.model.rewards(ids, mask).float().cpu())
-        rewards = torch.cat(out, dim=1)  # (K, B)
+                out.append(self.bundle.model.rewards(ids.to(device), mask.to(device)).float().cpu())
+        rewards = torch.cat(out, dim=1)[:, torch.argsort(torch.as_tensor(order))]  # (K, B)
         if self.normaliser is not None:
             mean, std = self.normaliser
             rewards = (rewards - mean[:, None]) / std[:, None]
