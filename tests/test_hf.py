@@ -27,7 +27,7 @@ K = 3
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory, tokenizer):
-    cfg = SFTConfig(n_layer=1, n_embd=32, n_head=2, max_length=64, steps=10, warmup_steps=1)
+    cfg = SFTConfig(n_layer=1, n_embd=32, n_head=2, max_length=128, steps=10, warmup_steps=1)
     path = tmp_path_factory.mktemp("policy")
     build_policy(cfg, tokenizer, seed=0).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -232,3 +232,31 @@ def test_grpo_trains_a_few_steps_on_the_min_over_heads(exported, policy_dir, tok
         for p, b in zip(trainer.model.parameters(), before, strict=True)
     )
     assert moved > 0
+
+
+def test_the_readme_snippets_run(exported, policy_dir, tmp_path, monkeypatch, capsys):
+    """The README's 'Use the reward models elsewhere' code blocks, run on a toy checkpoint and
+    policy (the paths swapped for them, GRPO cut to one step)."""
+    import re
+
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Use the reward models elsewhere", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    code = "\n".join(blocks)
+    for old, new in [
+        ("exported/multihead-s0", str(exported / "multihead")),
+        ("artifacts/world/policy", str(policy_dir)),
+        ('output_dir="grpo"', f'output_dir="{tmp_path / "grpo"}"'),
+        ("max_steps=10", "max_steps=1"),
+    ]:
+        assert old in code, old
+        code = code.replace(old, new)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    printed = capsys.readouterr().out
+    assert re.search(r"\[-?\d+\.\d+\]", printed), printed
+    assert scope["trainer"].state.global_step == 1
