@@ -216,8 +216,11 @@ class RewardFunction:
     Each prompt is tokenised as given (the policy's input, template included); the completion
     follows as `completion_ids` (TRL passes them, through the EOS where the completion ended) or,
     without them, as the tokenised completion text plus EOS (a finished response; pass
-    ``finished=[...]`` to say otherwise). Scoring runs in length-sorted batches of `batch_size` on
-    the model's device, as the study's own `score_ids` does.
+    ``finished=[...]`` to say otherwise). Completion ids are the policy's tokens: they are read as
+    they are when the policy shares the reward model's vocabulary (`policy_tokenizer` None or the
+    same vocabulary); otherwise the completion texts are re-tokenised by the reward model's
+    tokenizer and an EOS added where the ids end in the policy's EOS. Scoring runs in
+    length-sorted batches of `batch_size` on the model's device, as the study's `score_ids` does.
     """
 
     def __init__(
@@ -228,6 +231,7 @@ class RewardFunction:
         uwo_lambda: float | None = None,
         batch_size: int = 64,
         name: str = "reward",
+        policy_tokenizer: PreTrainedTokenizerBase | None = None,
     ):
         if aggregate not in METHODS:
             raise ValueError(
@@ -246,6 +250,10 @@ class RewardFunction:
         self.normaliser = bundle.normaliser if normalise else None
         tok = bundle.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.shared_vocab = (
+            policy_tokenizer is None or policy_tokenizer.get_vocab() == tok.get_vocab()
+        )
+        self.policy_eos = (policy_tokenizer or tok).eos_token_id
         self.__name__ = self.__qualname__ = name  # TRL logs rewards/<name>/mean
 
     @property
@@ -261,6 +269,10 @@ class RewardFunction:
     ) -> torch.Tensor:
         """Per-head rewards (K, B), normalised if the function normalises."""
         tok = self.bundle.tokenizer
+        if completion_ids is not None and not self.shared_vocab:  # re-tokenise the texts
+            if finished is None:
+                finished = [len(c) > 0 and int(c[-1]) == self.policy_eos for c in completion_ids]
+            completion_ids = None
         if completion_ids is None:
             if completions is None:
                 raise ValueError("reward_fn: give completions or completion_ids")
@@ -323,16 +335,20 @@ def reward_fn(
     uwo_lambda: float | None = None,
     batch_size: int = 64,
     device: str | torch.device | None = None,
+    policy_tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> RewardFunction:
     """A TRL reward function (``prompts, completions, **kwargs -> list[float]``) over the
     checkpoint at `path`: the per-head rewards, z-scored by the saved normaliser (`normalise`), then
     aggregated over heads (`aggregate`: min, mean, max or uwo). Pass it as GRPO's or RLOO's single
-    ``reward_funcs``; TRL *sums* several reward functions, so an ensemble is one function."""
+    ``reward_funcs``; TRL *sums* several reward functions, so an ensemble is one function. Pass the
+    policy's tokenizer as `policy_tokenizer` when it is not the reward model's."""
     bundle = path if isinstance(path, RewardBundle) else load_bundle(path)
     if device is not None:
         bundle.model.to(device)
     name = f"{bundle.manifest['family']}_{aggregate}"
-    return RewardFunction(bundle, aggregate, normalise, uwo_lambda, batch_size, name)
+    return RewardFunction(
+        bundle, aggregate, normalise, uwo_lambda, batch_size, name, policy_tokenizer
+    )
 
 
 # ------------------------------------------------------------------------------------- export

@@ -260,3 +260,20 @@ def test_the_readme_snippets_run(exported, policy_dir, tmp_path, monkeypatch, ca
     printed = capsys.readouterr().out
     assert re.search(r"\[-?\d+\.\d+\]", printed), printed
     assert scope["trainer"].state.global_step == 1
+
+
+def test_completion_ids_of_another_vocabulary_are_re_tokenised(exported, tokenizer):
+    """A policy with its own tokenizer: its completion ids are not read as the reward model's."""
+    from study.world.tokenizer import train_tokenizer
+
+    other = train_tokenizer(["zebra quartz " * 3, *PROMPTS, *COMPLETIONS])
+    assert other.get_vocab() != tokenizer.get_vocab()
+    ids = [
+        other(c, add_special_tokens=False)["input_ids"] + [other.eos_token_id] for c in COMPLETIONS
+    ]
+    ids[1] = ids[1][:-1]  # the second completion did not finish
+    f = study.reward_fn(exported / "multihead", policy_tokenizer=other)
+    got = f(PROMPTS, COMPLETIONS, completion_ids=ids)
+    plain = study.reward_fn(exported / "multihead")
+    assert got == pytest.approx(plain(PROMPTS, COMPLETIONS, finished=[True, False, True]), abs=1e-6)
+    assert got != pytest.approx(plain(PROMPTS, COMPLETIONS), abs=1e-6)
