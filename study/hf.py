@@ -25,7 +25,8 @@ import argparse
 import json
 import math
 import shutil
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,6 +255,7 @@ class RewardFunction:
             policy_tokenizer is None or policy_tokenizer.get_vocab() == tok.get_vocab()
         )
         self.policy_eos = (policy_tokenizer or tok).eos_token_id
+        self.on_call: Callable[[RewardCallInfo], None] | None = None  # sees every call
         self.__name__ = self.__qualname__ = name  # TRL logs rewards/<name>/mean
 
     @property
@@ -312,13 +314,36 @@ class RewardFunction:
         completions: Sequence[str] | None = None,
         completion_ids: Sequence[Sequence[int]] | None = None,
         finished: Sequence[bool] | None = None,
-        **_: Any,
+        **kwargs: Any,
     ) -> list[float]:
+        t0 = time.perf_counter()
         heads = self.heads(prompts, completions, completion_ids, finished)
         scores = aggregate(heads, self.method, self.uwo_lambda)
         if not torch.isfinite(scores).all():
-            raise FloatingPointError(f"reward {self.__name__}: non-finite rewards")
+            raise FloatingPointError(
+                f"reward {self.__name__}: non-finite rewards {scores.tolist()}"
+            )
+        if self.on_call is not None:
+            self.on_call(
+                RewardCallInfo(
+                    prompts, completions, completion_ids, heads, scores,
+                    time.perf_counter() - t0, kwargs.get("trainer_state"),
+                )
+            )  # fmt: skip
         return scores.tolist()
+
+
+@dataclass
+class RewardCallInfo:
+    """One call of a `RewardFunction`, as its `on_call` hook sees it."""
+
+    prompts: Sequence[str]
+    completions: Sequence[str] | None
+    completion_ids: Sequence[Sequence[int]] | None
+    heads: torch.Tensor  # (K, B), normalised if the function normalises
+    scores: torch.Tensor  # (B,)
+    seconds: float  # spent scoring
+    trainer_state: Any  # TRL's TrainerState, when TRL called
 
 
 def _message_text(messages: Any) -> str:

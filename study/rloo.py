@@ -18,11 +18,11 @@ of the same batch it is exactly the mean over completions of the summed k1, the 
 subtracts from the reward and the ``kl`` column of our PPO table (nats per response); the table
 keeps both (``kl``, ``kl_per_token``).
 
-The reward callable (`make_reward_callable`) re-tokenises each prompt as TRL does, appends the
-sampled completion ids (through the end-of-sequence token, as TRL cut them), scores with the
-variant's reward function of `study.proxy` (a reward model (K, B), or the gold control),
-normalises per head with the PPO stage's `HeadNormaliser` and aggregates with
-`study.aggregate.aggregate`. Gold is computed on the same completions for the table only; it
+The reward TRL optimises is the public `study.hf.RewardFunction` (what `study.reward_fn` returns)
+over the variant's reward checkpoint: it tokenises each prompt as TRL does, appends the sampled
+completion ids (through the end-of-sequence token, as TRL cut them), normalises per head with the
+normaliser fitted as the PPO stage fits it and aggregates with `study.aggregate.aggregate`; the
+gold control goes through `make_reward_callable`, the same layout over any reward function. Gold is computed on the same completions for the table only; it
 is never returned to TRL unless the variant is ``gold``.
 
 One fix to TRL's forward passes: TRL scores left-padded prompt + completion batches without
@@ -60,8 +60,9 @@ from transformers.trainer_callback import PrinterCallback
 from study.aggregate import aggregate
 from study.config import Params, RLOOConfig
 from study.generation import format_queries, left_pad
+from study.hf import RewardCallInfo, RewardFunction, load_bundle
 from study.hub import load_tokenizer
-from study.io import atomic_path, read_table
+from study.io import atomic_path, read_table, require
 from study.optim import warmup_cosine
 from study.proxy import (
     HeadNormaliser,
@@ -69,7 +70,9 @@ from study.proxy import (
     Scored,
     _seed,
     fit_normaliser,
-    variant_reward_fn,
+    gold_reward_fn,
+    proxy_reward_fn,
+    variant_spec,
 )
 from study.reward_models import right_pad
 from study.world.build import make_gold
@@ -97,6 +100,24 @@ class RewardCall:
     response_length: torch.Tensor  # (B,) completion tokens, EOS included
     step: int | None  # TRL's global step when the batch was scored (None outside a trainer)
     seconds: float  # spent in the reward function
+
+
+def table_call(c: RewardCallInfo, tokenizer: PreTrainedTokenizerBase, template: str) -> RewardCall:
+    """A call of `study.hf.RewardFunction` as the step table reads it: the raw prompts, the
+    completion texts and EOS flags, the normalised heads and the rewards."""
+    ids = [list(x) for x in c.completion_ids or []]
+    if len(ids) != len(c.prompts):
+        raise ValueError("the RLOO table needs TRL's completion_ids with every reward call")
+    batch = Scored(
+        ids=torch.empty(0, dtype=torch.long),  # the table reads texts, not ids
+        mask=torch.empty(0, dtype=torch.long),
+        prompts=[untemplate(p, template) for p in c.prompts],
+        texts=[tokenizer.decode(x, skip_special_tokens=True).strip() for x in ids],
+        finished=np.array([len(x) > 0 and x[-1] == tokenizer.eos_token_id for x in ids]),
+    )
+    step = getattr(c.trainer_state, "global_step", None)
+    lengths = torch.tensor([len(x) for x in ids])
+    return RewardCall(batch, c.heads, c.scores, lengths, step, c.seconds)
 
 
 def untemplate(query: str, template: str) -> str:
@@ -311,7 +332,16 @@ def train_rloo(
     tokenizer = load_tokenizer(str(world / "policy"), "world policy")
     policy = AutoModelForCausalLM.from_pretrained(world / "policy")
     gold = make_gold(params)
-    reward_fn, method = variant_reward_fn(params, variant, seed, tokenizer, rm_root, gold)
+    family, method = variant_spec(variant)
+    bundle = None
+    if family == "gold":
+        reward_fn = gold_reward_fn(gold)
+    else:  # the reward checkpoint of stage rm, read as any user reads it (`study.reward_fn`)
+        rm_dir = require(Path(rm_root) / family / f"seed{seed}", f"stage rm@{family}-{seed}")
+        bundle = load_bundle(rm_dir)
+        reward_fn = proxy_reward_fn(
+            bundle.model, bundle.tokenizer, tokenizer, params.reward.max_length
+        )
     prompts = read_table(world / "prompts.parquet", "the world stage")
     rl = prompts.loc[prompts["split"] == "rl", "prompt"].tolist()
     template, sampling = params.sources.prompt_template, params.sampling
@@ -329,10 +359,17 @@ def train_rloo(
         return warmup_cosine(opt_step, total, cfg.warmup_steps, cfg.lr)
 
     table = StepTable(variant, seed, gold, lr_at, cfg.steps, progress)
-    reward = make_reward_callable(
-        reward_fn, normaliser, method, params.reward.uwo_lambda, tokenizer, template,
-        on_batch=table.on_batch, name=variant,
-    )  # fmt: skip
+    if bundle is None:  # the gold control: no reward model to load
+        reward = make_reward_callable(
+            reward_fn, normaliser, method, params.reward.uwo_lambda, tokenizer, template,
+            on_batch=table.on_batch, name=variant,
+        )  # fmt: skip
+    else:  # the public reward function, with the normaliser fitted above
+        bundle.normaliser = (normaliser.mean, normaliser.std)
+        reward = RewardFunction(
+            bundle, method, True, params.reward.uwo_lambda, name=variant, policy_tokenizer=tokenizer
+        )
+        reward.on_call = lambda c: table.on_batch(table_call(c, tokenizer, template))
 
     # 3. TRL's RLOO on CPU: one rollout of prompts_per_step x num_generations completions per
     # num_iterations optimiser steps; Adam and the warm-up + cosine schedule of our PPO
