@@ -50,6 +50,7 @@ class Stage:
     cores: int = 1
     exclusive: bool = False
     minutes: float = 1.0  # the scheduling estimate (`meta: {minutes: ...}`), not a measurement
+    gpus: int = 0  # GPUs the stage asks for (`meta: {gpus: n}`; the Ray engine honours it)
     order: int = 0  # position in dvc.yaml, the tie-break
 
 
@@ -87,8 +88,12 @@ def load_stages(repo_root: Path, params: Any) -> tuple[dict[str, Stage], set[str
                 raise ValueError(
                     f"stage {s.addressing}: meta.minutes {minutes!r}, not a number > 0"
                 )
+            gpus = meta.get("gpus", 0)
+            if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0:
+                raise ValueError(f"stage {s.addressing}: meta.gpus {gpus!r}, not a count >= 0")
             stages[s.addressing] = Stage(
                 name=s.addressing,
+                gpus=gpus,
                 cores=_param(params, str(threads), s.addressing),
                 exclusive=bool(meta.get("exclusive", False)),
                 minutes=float(minutes),
@@ -290,6 +295,204 @@ def execute(
     return timings
 
 
+class StageFailed(RuntimeError):
+    """A stage's command exited non-zero (raised inside its Ray task)."""
+
+    def __init__(self, stage: str, row: dict[str, Any]):
+        super().__init__(f"stage {stage} failed (exit {row['returncode']})")
+        self.stage, self.row = stage, row
+
+    def __reduce__(self) -> tuple:  # pickled between Ray's processes
+        return (type(self), (self.stage, self.row))
+
+
+class StageSkipped(RuntimeError):
+    """A stage that did not start because another failed or the run was stopped."""
+
+    def __init__(self, stage: str):
+        super().__init__(f"stage {stage} not started: the run is stopping")
+        self.stage = stage
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.stage,))
+
+
+def run_stage(
+    name: str, cmd: list[str], cwd: str, log: str, stop: str, path: str, *upstream: Any
+) -> dict[str, Any]:
+    """One stage as a Ray task: its `dvc repro --single-item` in its own process group, on
+    whichever node Ray placed it (the repository on a filesystem every node shares). `upstream`
+    are the rows of the stages it waits for (Ray starts it once they exist). Raises StageFailed
+    on a non-zero exit; a cancellation (Ctrl-C, SIGTERM) stops the stage's whole group."""
+    import ray
+
+    if Path(stop).exists():
+        raise StageSkipped(name)
+    t0 = time.time()
+    env = {**os.environ, "PATH": path}
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            while proc.poll() is None:
+                time.sleep(0.2)
+        except BaseException:  # ray.cancel raises KeyboardInterrupt here
+            stop_groups([proc])
+            raise
+    row = {
+        "stage": name,
+        "start": t0,
+        "end": time.time(),
+        "returncode": proc.returncode,
+        "node": ray.get_runtime_context().get_node_id()[:12],
+    }
+    if proc.returncode != 0:
+        raise StageFailed(name, row)
+    return row
+
+
+def submit_order(stages: dict[str, Stage], run: set[str], prio: dict[str, float]) -> list[str]:
+    """`run` in an order where every stage follows the stages it waits for, and among the stages
+    free to go, the longest chain first (Ray starts tasks of equal demand in submission order)."""
+    downstream = _downstream(stages, run)
+    waiting = {n: len(stages[n].upstream & run) for n in run}
+    ready = [n for n in run if waiting[n] == 0]
+    order: list[str] = []
+    while ready:
+        n = start_order(stages, set(ready), prio)[0]
+        ready.remove(n)
+        order.append(n)
+        for d in downstream[n]:
+            waiting[d] -= 1
+            if waiting[d] == 0:
+                ready.append(d)
+    if len(order) != len(run):
+        raise ValueError(f"the stages {sorted(run - set(order))} wait on each other in a cycle")
+    return order
+
+
+def execute_ray(
+    stages: dict[str, Stage],
+    run: set[str],
+    cores: int,
+    dvc: list[str] | None = None,
+    log_dir: Path = LOG_DIR,
+    echo: Any = print,
+    heartbeat_s: float = 60.0,
+    force: bool = False,
+    address: str | None = None,
+) -> list[dict[str, Any]]:
+    """Run the stages of `run` as Ray tasks; their timings (with the node each ran on).
+
+    Each stage is a task that asks for `cores` CPUs (its threads; the whole of a node if it is
+    exclusive) and `gpus` GPUs (`meta: {gpus: n}`), started by Ray once the tasks of the stages it
+    depends on have returned. Without `address` (or RAY_ADDRESS) Ray starts on this machine with
+    `cores` CPUs; with one, the stages run on that cluster, whose nodes must share this
+    repository's filesystem. A stage that asks for more than any node has is refused before
+    anything starts. When a stage fails, no new stage starts, those running finish, and
+    RuntimeError names the first failure; KeyboardInterrupt stops every running stage."""
+    import ray
+
+    dvc = dvc or [sys.executable, "-m", "dvc"]
+    log_dir = log_dir.resolve()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stop = log_dir / "stop"
+    stop.unlink(missing_ok=True)
+    for n in run:
+        (log_dir / f"{n}.log").unlink(missing_ok=True)
+    address = address or os.environ.get("RAY_ADDRESS")
+    started_here = not ray.is_initialized()
+    if started_here:
+        kwargs: dict[str, Any] = {"address": address} if address else {
+            "num_cpus": cores, "num_gpus": 0, "object_store_memory": 100 * 2**20,
+        }  # fmt: skip
+        handler = signal.getsignal(signal.SIGTERM)
+        ray.init(**kwargs, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        signal.signal(signal.SIGTERM, handler)  # Ray's own handler would exit at once
+    timings: list[dict[str, Any]] = []
+    refs: dict[str, Any] = {}
+    done: set[str] = set()
+    failed: list[str] = []
+    try:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        most_cpus = max(int(r.get("CPU", 0)) for r in nodes)
+        most_gpus = max(int(r.get("GPU", 0)) for r in nodes)
+        for n in sorted(run):
+            if stages[n].gpus > most_gpus:
+                raise ValueError(
+                    f"stage {n} asks for {stages[n].gpus} GPU(s) (meta.gpus); no node of the "
+                    f"Ray cluster has {'any' if most_gpus == 0 else 'that many'}"
+                )
+        task = ray.remote(run_stage)
+        cwd, path = str(Path.cwd().resolve()), os.environ.get("PATH", "")
+        t_start = time.time()
+        for n in submit_order(stages, run, priorities(stages, run)):
+            cpus = most_cpus if stages[n].exclusive else min(stages[n].cores, most_cpus)
+            refs[n] = task.options(
+                num_cpus=cpus, num_gpus=stages[n].gpus, max_retries=0, name=n
+            ).remote(
+                n, _command(n, dvc, force), cwd, str(log_dir / f"{n}.log"), str(stop), path,
+                *[refs[u] for u in sorted(stages[n].upstream & run)],
+            )  # fmt: skip
+        pending = {ref: n for n, ref in refs.items()}
+        seen: set[str] = set()
+        last_beat = time.time()
+        while pending:
+            finished, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            for n in sorted(set(pending.values()) - seen):  # a stage's log appears as it starts
+                if (log_dir / f"{n}.log").exists():
+                    seen.add(n)
+                    echo(f"[{_clock(t_start)}] start {n} ({len(done)}/{len(run)} done)")
+            if time.time() - last_beat >= heartbeat_s:
+                last_beat = time.time()
+                for n in sorted(seen - done - set(failed)):
+                    echo(f"[{_clock(t_start)}] ...   {n} running: "
+                         f"{last_log_line(log_dir / f'{n}.log')}")  # fmt: skip
+            for ref in finished:
+                n = pending.pop(ref)
+                try:
+                    row = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:
+                    cause = e.cause
+                    if not isinstance(cause, StageFailed | StageSkipped):
+                        raise  # the task itself broke (not the stage's command)
+                    if isinstance(cause, StageSkipped) or cause.stage != n:
+                        continue  # not started, or an upstream stage's failure
+                    row = cause.row
+                    failed.append(n)
+                    stop.touch()  # no stage starts from now on
+                    echo(f"[{_clock(t_start)}] FAILED {n} (exit {row['returncode']}); "
+                         f"log: {log_dir / f'{n}.log'}")  # fmt: skip
+                else:
+                    done.add(n)
+                    echo(f"[{_clock(t_start)}] done  {n} in {row['end'] - row['start']:.0f} s")
+                timings.append({**row, "start": row["start"] - t_start,
+                                "end": row["end"] - t_start,
+                                "seconds": row["end"] - row["start"]})  # fmt: skip
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (main turns it into this)
+        stop.touch()
+        for ref in refs.values():
+            ray.cancel(ref, force=False)  # a running task stops its stage's process group
+        with contextlib.suppress(Exception):
+            ray.wait(list(refs.values()), num_returns=len(refs), timeout=20)
+        raise
+    finally:
+        stop.unlink(missing_ok=True)
+        _write_timings(log_dir / "timings.csv", timings)
+        if started_here:
+            ray.shutdown()
+    if failed:
+        first = failed[0]
+        tail = (log_dir / f"{first}.log").read_text(errors="replace")[-3000:]
+        left = sorted(run - done - set(failed))
+        raise RuntimeError(
+            f"stage {first} failed; stages not run: {', '.join(left) or 'none'}\n"
+            f"--- end of {log_dir / f'{first}.log'} ---\n{tail}"
+        )
+    return timings
+
+
 def last_log_line(path: Path, width: int = 100) -> str:
     """The last non-empty line of a stage's log, progress bars' carriage returns resolved."""
     try:
@@ -312,7 +515,9 @@ def _clock(t0: float) -> str:
 def _write_timings(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, ["stage", "start", "end", "seconds", "returncode"])
+        w = csv.DictWriter(
+            f, ["stage", "start", "end", "seconds", "returncode", "node"], restval=""
+        )
         w.writeheader()
         w.writerows(rows)
     tmp.replace(path)
@@ -329,6 +534,18 @@ def main(argv: list[str] | None = None) -> int:
         "-s", "--single-item", action="store_true", help="the targets only, not their upstream"
     )
     p.add_argument("--dry", action="store_true", help="print the plan, run nothing")
+    p.add_argument(
+        "--engine",
+        choices=("ray", "local"),
+        default=os.environ.get("STUDY_ENGINE", "ray"),
+        help="ray: stages as Ray tasks, on this machine or the cluster at --address (default); "
+        "local: a loop of subprocesses on this machine, for where Ray cannot start",
+    )
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="a running Ray cluster (default: $RAY_ADDRESS; none: Ray on this machine)",
+    )
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = p.parse_args(argv)
     if args.cores < 1:
@@ -343,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         print("Data and pipelines are up to date.")
         return 0
     prio = priorities(stages, run)
-    print(f"{len(run)} stage(s) to run on {args.cores} core(s):")
+    where = f"the Ray cluster at {args.address}" if args.address else f"{args.cores} core(s)"
+    print(f"{len(run)} stage(s) to run on {where} ({args.engine}):")
     for n in start_order(stages, run, prio):
         s = stages[n]
         print(f"  {n}  ({s.cores} core(s){', exclusive' if s.exclusive else ''})")
@@ -356,8 +574,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, terminate)
     try:
-        execute(stages, run, args.cores, force=args.force)
-    except RuntimeError as e:
+        if args.engine == "ray":
+            execute_ray(stages, run, args.cores, force=args.force, address=args.address)
+        else:
+            execute(stages, run, args.cores, force=args.force)
+    except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

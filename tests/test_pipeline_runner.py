@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from study.pipeline import execute, load_stages, plan, priorities, start_order
+from study.pipeline import execute, execute_ray, load_stages, plan, priorities, start_order
 
 PARAMS = SimpleNamespace(run=SimpleNamespace(threads=1, wide_threads=2))
 DVC = [sys.executable, "-m", "dvc"]
@@ -50,11 +50,20 @@ def _events(root: Path) -> dict[str, tuple[float, float]]:
     return {n: (t[0], t[1]) for n, t in times.items() if len(t) == 2}
 
 
-def _run(root: Path, cores: int, monkeypatch, targets=None):
+ENGINES = {"local": execute, "ray": execute_ray}
+
+
+@pytest.fixture(params=sorted(ENGINES))
+def engine(request):
+    """Each scheduling test runs on both engines: the local loop and Ray on this machine."""
+    return ENGINES[request.param]
+
+
+def _run(root: Path, cores: int, monkeypatch, engine=execute, targets=None):
     monkeypatch.chdir(root)
     stages, stale = load_stages(root, PARAMS)
     run = plan(stages, stale, targets)
-    execute(stages, run, cores, dvc=DVC, log_dir=root / "logs", echo=lambda *_: None)
+    engine(stages, run, cores, dvc=DVC, log_dir=root / "logs", echo=lambda *_: None)
     return stages, run
 
 
@@ -65,7 +74,7 @@ def _need_dvc():
 
 
 def test_independent_stages_overlap_dependents_wait_and_a_second_run_does_nothing(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, engine
 ):
     root = _project(
         tmp_path,
@@ -74,7 +83,7 @@ def test_independent_stages_overlap_dependents_wait_and_a_second_run_does_nothin
         + _stage("c", ["a.txt", "b.txt"])
         + _stage("d", ["a.txt"], extra="  meta: {threads: run.wide_threads}\n"),
     )
-    stages, run = _run(root, 2, monkeypatch)
+    stages, run = _run(root, 2, monkeypatch, engine)
     assert run == {"a", "b", "c", "d"}
     assert stages["d"].cores == 2 and stages["c"].upstream == {"a", "b"}
     ev = _events(root)
@@ -102,23 +111,25 @@ def test_independent_stages_overlap_dependents_wait_and_a_second_run_does_nothin
     assert plan(stages, stale, ["c"], force=True) == {"a", "b", "c"}
 
 
-def test_one_core_runs_one_stage_at_a_time_and_exclusive_runs_alone(tmp_path, monkeypatch):
+def test_one_core_runs_one_stage_at_a_time_and_exclusive_runs_alone(
+    tmp_path, monkeypatch, engine
+):
     root = _project(
         tmp_path,
         _stage("a", [], sleep=1)
         + _stage("b", [], sleep=1)
         + _stage("x", [], sleep=1, extra="  meta: {exclusive: true}\n"),
     )
-    _run(root, 1, monkeypatch)
+    _run(root, 1, monkeypatch, engine)
     ev = sorted(_events(root).values())
     assert all(e0 >= prev_end for (_, prev_end), (e0, _) in itertools.pairwise(ev))
     # changed commands (DVC's run cache would restore unchanged ones), on two cores: a and b
     # run side by side, x alone
     (root / "events").unlink()
     (root / "dvc.yaml").write_text(
-        (root / "dvc.yaml").read_text().replace("sleep 1 ", "sleep 1.2 ")
+        (root / "dvc.yaml").read_text().replace("sleep 1 ", "sleep 2.5 ")
     )
-    _run(root, 2, monkeypatch)
+    _run(root, 2, monkeypatch, engine)
     ev = _events(root)
     assert set(ev) == {"a", "b", "x"}
     assert ev["a"][0] < ev["b"][1] and ev["b"][0] < ev["a"][1]
@@ -126,7 +137,7 @@ def test_one_core_runs_one_stage_at_a_time_and_exclusive_runs_alone(tmp_path, mo
 
 
 def test_a_failed_stage_is_named_its_downstream_never_starts_and_finished_work_is_kept(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, engine
 ):
     root = _project(
         tmp_path,
@@ -135,7 +146,7 @@ def test_a_failed_stage_is_named_its_downstream_never_starts_and_finished_work_i
         + _stage("after", ["bad.txt"]),
     )
     with pytest.raises(RuntimeError, match="stage bad failed; stages not run: after"):
-        _run(root, 2, monkeypatch)
+        _run(root, 2, monkeypatch, engine)
     ev = _events(root)
     assert "ok" in ev and "after" not in ev  # the running stage finished; nothing downstream
     _stages, stale = load_stages(root, PARAMS)
