@@ -1,27 +1,33 @@
 """Run the DVC pipeline's stale stages side by side: `python -m study.pipeline [targets] [-j N]`.
 
-`dvc repro` runs one stage at a time, each on `run.threads` torch threads. On a machine with more
-cores than that, this runner keeps several stages going; it keeps `dvc repro`'s semantics and only
-changes the schedule (on the 2-core default machine, with `run.threads: 2`, it runs one stage at
-a time, as `dvc repro` does). It asks DVC which stages are stale, and runs each of them, and
-everything downstream of them, as `dvc repro --single-item <stage>` once every stage it depends
-on has finished, as many at a time as there are cores. DVC itself hashes
+`dvc repro` runs one stage at a time, each on `run.threads` torch threads. This runner keeps
+`dvc repro`'s semantics and only changes the schedule: it asks DVC which stages are stale, and
+runs each of them, and everything downstream of them, as `dvc repro --single-item <stage>` once
+every stage it depends on has finished, as many at a time as the cores allow. DVC itself hashes
 the deps, runs the command, caches the outs and writes `dvc.lock`; it releases its repository lock
 while a stage's command runs (and `--wait-for-lock` queues the short locked phases), so the
 results are those of `dvc repro`, stage for stage, and a `dvc repro` afterwards runs nothing.
 
+The engine is Ray (`--engine ray`, the default): each stage is a Ray task that asks for its
+cores and GPUs and takes the tasks of its upstream stages as arguments, so Ray starts it once they
+have returned and places it on a node with the resources free. Without an address Ray starts on
+this machine with `-j` CPUs; with `--address` (or `RAY_ADDRESS`) the stages run on that cluster,
+whose nodes share this repository's filesystem (docs/scaling.md). `--engine local` is a loop of
+subprocesses on this machine with the same behaviour, for where Ray cannot start.
+
 A stage occupies as many cores as the torch threads it runs with: `run.threads` of the active
-profile, or the param that a stage names in its `meta: {threads: <param>}`. A stage with
-`meta: {exclusive: true}` runs with nothing beside it (for timings that a neighbour would disturb).
-Ready stages start in order of the longest chain of stages still to run behind them, counted in
-the minutes that a stage may estimate in `meta: {minutes: <n>}` (1 if it does not), so the
-critical path goes first and a long side study that only the report waits on does not start last.
-An exclusive stage that is next in line waits for the running stages to end.
+profile, or the param that a stage names in its `meta: {threads: <param>}`; `meta: {gpus: n}`
+asks for GPUs, and a stage that asks for more than any node has is refused before anything runs.
+A stage with `meta: {exclusive: true}` runs with nothing beside it on its node (for timings that
+a neighbour would disturb). Ready stages start in order of the longest chain of stages still to
+run behind them, counted in the minutes that a stage may estimate in `meta: {minutes: <n>}` (1 if
+it does not), so the critical path goes first.
 
 Each stage's output goes to `.dvc/tmp/pipeline/<stage>.log`; `.dvc/tmp/pipeline/timings.csv`
-records when each started and ended. When a stage fails, nothing new starts, the stages already
-running finish (their results are kept), and the runner exits non-zero naming the stage and
-showing the end of its log. Ctrl-C stops every running stage.
+records when each started and ended (and on which Ray node). When a stage fails, nothing new
+starts, the stages already running finish (their results are kept), and the runner exits
+non-zero naming the stage and showing the end of its log. Ctrl-C and SIGTERM stop every running
+stage's process group and exit 130.
 """
 
 from __future__ import annotations

@@ -111,9 +111,7 @@ def test_independent_stages_overlap_dependents_wait_and_a_second_run_does_nothin
     assert plan(stages, stale, ["c"], force=True) == {"a", "b", "c"}
 
 
-def test_one_core_runs_one_stage_at_a_time_and_exclusive_runs_alone(
-    tmp_path, monkeypatch, engine
-):
+def test_one_core_runs_one_stage_at_a_time_and_exclusive_runs_alone(tmp_path, monkeypatch, engine):
     root = _project(
         tmp_path,
         _stage("a", [], sleep=1)
@@ -245,3 +243,47 @@ def test_sigterm_stops_every_running_stage_and_leaves_no_process(tmp_path):
     assert "interrupted" in err
     time.sleep(0.5)
     assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1
+
+
+def test_a_simulated_two_node_cluster_runs_stages_on_both_nodes(tmp_path, monkeypatch):
+    """Two Ray nodes of one CPU each (ray.cluster_utils.Cluster, both on this machine): four
+    independent one-core stages are placed on both, and DVC records every one of them."""
+    from ray.cluster_utils import Cluster
+
+    root = _project(tmp_path, "".join(_stage(n, [], sleep=2) for n in "abcd"))
+    monkeypatch.chdir(root)
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "object_store_memory": 100 * 2**20},
+    )
+    try:
+        cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)
+        cluster.wait_for_nodes()
+        stages, stale = load_stages(root, PARAMS)
+        timings = execute_ray(
+            stages, plan(stages, stale), 2, dvc=DVC, log_dir=root / "logs",
+            echo=lambda *_: None, address=cluster.address,
+        )  # fmt: skip
+    finally:
+        import ray
+
+        ray.shutdown()
+        cluster.shutdown()
+    assert sorted(r["stage"] for r in timings) == list("abcd")
+    assert len({r["node"] for r in timings}) == 2, timings  # both nodes ran stages
+    status = subprocess.run([*DVC, "status"], cwd=root, capture_output=True, text=True)
+    assert "up to date" in status.stdout, status.stdout
+
+
+def test_a_stage_asking_for_a_gpu_the_cluster_lacks_is_refused_before_anything_runs(
+    tmp_path, monkeypatch
+):
+    root = _project(
+        tmp_path, _stage("cpu", [], sleep=0.1) + _stage("gpu", [], extra="  meta: {gpus: 1}\n")
+    )
+    monkeypatch.chdir(root)
+    stages, stale = load_stages(root, PARAMS)
+    assert stages["gpu"].gpus == 1
+    with pytest.raises(ValueError, match=r"stage gpu asks for 1 GPU\(s\) \(meta.gpus\)"):
+        execute_ray(stages, plan(stages, stale), 2, dvc=DVC, log_dir=root / "logs")
+    assert not (root / "events").exists()  # nothing started
