@@ -1,0 +1,107 @@
+"""Faults: a PPO run killed with SIGKILL in its own process, at a random point after its first
+checkpoint, resumes in a new process to the tables and the policy weights of a run never killed,
+bit for bit."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT
+
+VARIANT, SEED = "multihead_min", 0
+
+
+def toy_params():
+    """The smoke profile cut further: a world in seconds, eight PPO steps, a checkpoint every two."""
+    from study.config import load_params
+
+    p = load_params(ROOT / "params.yaml", "smoke")
+    r = dataclasses.replace
+    return r(
+        p,
+        world=r(p.world, corpus_size=300, n_rl_prompts=32, n_eval_prompts=4),
+        sft=r(p.sft, steps=10, warmup_steps=2, eval_every=5),
+        sampling=r(p.sampling, max_new_tokens=12),
+        preferences=r(p.preferences, n_pairs=8, n_samples_report=8),
+        ppo=r(p.ppo, n_norm_samples=8, steps=8, checkpoint_every=2, eval_every=2),
+    )
+
+
+RUN = """
+import sys
+from pathlib import Path
+from study.ppo_train import run_ppo_stage
+from tests.test_faults import toy_params, VARIANT, SEED
+root, out = Path(sys.argv[1]), Path(sys.argv[2])
+run_ppo_stage(toy_params(), VARIANT, SEED, root / "world", root / "rm", out / "results",
+              out / "policy", out / "checkpoint", progress=False)
+"""
+
+
+def _start(root: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", RUN, str(root), str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from study.hub import load_tokenizer
+    from study.reward_models import build_reward_model
+    from study.world.build import build_world
+
+    root = tmp_path_factory.mktemp("faults")
+    build_world(toy_params(), root / "world", progress=False)
+    tok = load_tokenizer(str(root / "world" / "policy"))
+    rm = build_reward_model("policy", root / "world" / "policy", 3, 0, tok.pad_token_id)
+    rm.save_pretrained(root / "rm" / "multihead" / f"seed{SEED}")
+    tok.save_pretrained(root / "rm" / "multihead" / f"seed{SEED}")
+    return root
+
+
+@pytest.mark.slow
+def test_ppo_killed_at_a_random_point_resumes_bit_for_bit_in_a_new_process(world, tmp_path):
+    whole = _start(world, tmp_path / "whole")
+    out, _ = whole.communicate(timeout=900)
+    assert whole.returncode == 0, out[-3000:]
+
+    killed = _start(world, tmp_path / "killed")
+    ckpt = tmp_path / "killed" / "checkpoint" / "checkpoint.pt"
+    deadline = time.time() + 600
+    while not ckpt.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert ckpt.exists() and killed.poll() is None, "the run ended before its first checkpoint"
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 1.5))  # a random point after it
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    assert not (tmp_path / "killed" / "policy").exists() or killed.returncode == 0
+
+    resumed = _start(world, tmp_path / "killed")
+    out, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, out[-3000:]
+
+    a, b = tmp_path / "whole" / "results", tmp_path / "killed" / "results"
+    log_a, log_b = pd.read_parquet(a / "log.parquet"), pd.read_parquet(b / "log.parquet")
+    timing = [c for c in log_a.columns if c.endswith("seconds")]
+    pd.testing.assert_frame_equal(log_b.drop(columns=timing), log_a.drop(columns=timing))
+    for table in ("evals.parquet", "eval_samples.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(b / table), pd.read_parquet(a / table))
+    wa = load_file(tmp_path / "whole" / "policy" / "model.safetensors")
+    wb = load_file(tmp_path / "killed" / "policy" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "the resumed policy's weights differ"
+    assert not (tmp_path / "killed" / "checkpoint" / "checkpoint.pt").exists()  # cleaned up
