@@ -312,9 +312,11 @@ def test_a_saved_reward_model_loads_in_a_fresh_python_without_the_study(policy_d
     import sys
 
     multi = build_reward_model("policy", policy_dir, 3, seed=0)
+    single = build_reward_model("policy", policy_dir, 1, seed=3)
     members = [build_reward_model("policy", policy_dir, 1, seed=s) for s in (1, 2)]
     ensemble = EnsembleRewardModel(members)
     multi.save_pretrained(tmp_path / "multihead")
+    single.save_pretrained(tmp_path / "single")
     ensemble.save_pretrained(tmp_path / "ensemble")
     assert (tmp_path / "multihead" / "modeling_reward.py").is_file()
     assert json.loads((tmp_path / "multihead" / "config.json").read_text())["auto_map"] == {
@@ -323,7 +325,7 @@ def test_a_saved_reward_model_loads_in_a_fresh_python_without_the_study(policy_d
     }
     pad = multi.config.pad_token_id
     ids, mask = right_pad([[5, 6, 7, 8, 9], [5, 6], [7, 8, 9, 10]], pad)
-    dirs = [str(tmp_path / "multihead")] + [
+    dirs = [str(tmp_path / "multihead"), str(tmp_path / "single")] + [
         str(tmp_path / "ensemble" / f"member_0{i}") for i in (0, 1)
     ]
     run = subprocess.run(
@@ -336,7 +338,11 @@ def test_a_saved_reward_model_loads_in_a_fresh_python_without_the_study(policy_d
     assert run.returncode == 0, run.stderr[-3000:]
     loaded = json.loads(run.stdout.strip().splitlines()[-1])
     with torch.no_grad():
-        expected = [multi.rewards(ids, mask).T, *ensemble.rewards(ids, mask).T.split(1, dim=1)]
+        expected = [
+            multi.rewards(ids, mask).T,
+            single.rewards(ids, mask).T,
+            *ensemble.rewards(ids, mask).T.split(1, dim=1),
+        ]
     for d, e in zip(dirs, expected, strict=True):
         got = torch.tensor(loaded[d])
         assert got.shape == e.shape
