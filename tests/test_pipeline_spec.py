@@ -173,6 +173,25 @@ def _module_file(module: str):
     return None
 
 
+def _runs_nothing(source: str) -> bool:
+    """A package marker whose import computes nothing: only a docstring, `__future__` / `typing`
+    imports, `__all__` and function definitions (a module-level `__getattr__` that imports on
+    first use loads nothing at import)."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module in ("__future__", "typing"):
+            continue
+        if isinstance(node, ast.Assign) and [getattr(t, "id", "") for t in node.targets] == [
+            "__all__"
+        ]:
+            continue
+        if isinstance(node, ast.FunctionDef):
+            continue
+        return False
+    return True
+
+
 def _closure(modules: set[str]) -> set[str]:
     """Every `study` module that importing `modules` loads (packages' __init__ included)."""
     seen: set[str] = set()
@@ -184,10 +203,21 @@ def _closure(modules: set[str]) -> set[str]:
         seen.add(m)
         f = _module_file(m)
         package = m if f.name == "__init__.py" else m.rpartition(".")[0]
+        if f.name == "__init__.py" and _runs_nothing(f.read_text()):
+            continue  # its imports happen on first use of a name, not at import
         todo.extend(_study_imports(f.read_text(), package) - seen)
         parts = m.split(".")
         todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
     return seen
+
+
+def test_a_package_marker_runs_nothing_only_without_top_level_code():
+    assert _runs_nothing('"""doc"""\nfrom __future__ import annotations\n__all__ = ["f"]\n')
+    assert _runs_nothing("def __getattr__(name):\n    from study import hf\n    return hf\n")
+    assert not _runs_nothing("from study import hf\n")
+    assert not _runs_nothing("import torch\n")
+    assert not _runs_nothing("X = compute()\n")
+    assert _runs_nothing((ROOT / "study" / "__init__.py").read_text())
 
 
 def test_every_stage_declares_every_study_module_its_notebook_loads():
@@ -204,8 +234,8 @@ def test_every_stage_declares_every_study_module_its_notebook_loads():
         for module in sorted(_closure(_study_imports(code))):
             f = _module_file(module)
             rel = str(f.relative_to(ROOT))
-            if f.name == "__init__.py" and not f.read_text().strip():
-                continue  # an empty package marker runs nothing
+            if f.name == "__init__.py" and _runs_nothing(f.read_text()):
+                continue  # a package marker that computes nothing at import
             if not any(rel == d or rel.startswith(d + "/") for d in deps):
                 missing.append(f"{name}: {rel}")
             loaded.add(rel)
