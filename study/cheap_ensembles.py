@@ -16,7 +16,11 @@ PPO, best-of-n and the aggregations take them like any other family:
 - **Dropout subnetworks** (`dropout_members`): K fixed dropout masks over the hidden units of
   every MLP block of the encoder (rate p, inverted scaling), each mask folded into a copy of the
   block's output projection, so member k computes exactly the forward pass of the trained model
-  under mask k. Fixed
+  under mask k.
+- **LoRA ensemble** (`lora_members`): one frozen encoder and K low-rank adapters with their own
+  heads, each trained separately (`peft`), merged into K standard members. The backward pass
+  still runs through the whole encoder, so training compute is close to K fine-tunings; what it
+  saves is optimiser state and the memory of K trained encoders. Fixed
   masks make the reward deterministic (what PPO needs within and across steps); it is MC dropout
   with K samples drawn once.
 """
@@ -24,13 +28,18 @@ PPO, best-of-n and the aggregations take them like any other family:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn as nn
 
+from study.config import RewardConfig
 from study.modeling_reward import MultiHeadRewardModel
-from study.reward_models import EnsembleRewardModel, right_pad
+from study.reward_models import EnsembleRewardModel, build_reward_model, right_pad
+from study.rm_train import EncodedPairs, member_seed, train_reward_model
 
 
 @torch.no_grad()
@@ -149,3 +158,43 @@ def dropout_members(
                 layer.weight.mul_(keep[:, None].to(layer.weight.dtype))
         members.append(m)
     return EnsembleRewardModel(members)
+
+
+def lora_members(
+    cfg: RewardConfig,
+    policy_dir: str | Path,
+    pairs: EncodedPairs,
+    base_seed: int,
+    seed: int,
+    pad_id: int,
+    rank: int = 8,
+    alpha: float = 16.0,
+    targets: Sequence[str] = ("c_attn", "c_fc"),
+    progress: bool = False,
+    max_steps: int | None = None,
+) -> tuple[EnsembleRewardModel, pd.DataFrame]:
+    """K = `cfg.k` members on one frozen encoder (the SFT backbone): each its own low-rank adapters
+    (`peft` LoRA of rank `rank` on the `targets` projections) and its own head, trained with the
+    Bradley–Terry loss for ``cfg.epochs('single')`` epochs from its own seed; then each member's
+    adapters are merged into a copy of the encoder, so the members are standard single-head
+    checkpoints. Returns the ensemble and the training history (with a `member` column)."""
+    from peft import LoraConfig, get_peft_model
+
+    members, histories = [], []
+    train_cfg = dataclasses.replace(cfg, freeze_encoder=False)  # the adapters train
+    for m in range(cfg.k):
+        s = member_seed(base_seed, seed, m)
+        model = build_reward_model(
+            cfg.encoder, policy_dir, 1, s, cfg.head_init_std, pad_id, cfg.head_init
+        )
+        torch.manual_seed(s)  # the adapters' initial A matrices
+        lora = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets),
+                          fan_in_fan_out=True, lora_dropout=0.0)  # fmt: skip
+        model.encoder = get_peft_model(model.encoder, lora)  # base weights frozen by peft
+        hist = train_reward_model(
+            model, pairs, train_cfg, cfg.epochs("single"), s, pad_id, progress, max_steps
+        )
+        model.encoder = model.encoder.merge_and_unload()
+        histories.append(hist.assign(member=m))
+        members.append(model.eval())
+    return EnsembleRewardModel(members), pd.concat(histories, ignore_index=True)

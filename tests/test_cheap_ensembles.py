@@ -12,6 +12,7 @@ from study.cheap_ensembles import (
     laplace_heads,
     laplace_posterior,
     laplace_predictive,
+    lora_members,
     pooled_features,
 )
 from study.config import SFTConfig
@@ -107,3 +108,40 @@ def test_dropout_members_are_the_model_run_under_each_mask(single, tokenizer):
         assert not torch.equal(single.rewards(ids, mask)[0], got[0])
     with pytest.raises(ValueError, match="dropout rate"):
         dropout_members(single, 2, 1.0, 0)
+
+
+def test_lora_members_train_low_rank_updates_of_the_target_projections_only(tmp_path, tokenizer):
+    import dataclasses
+
+    import numpy as np
+
+    from study.config import load_params
+    from study.rm_train import EncodedPairs
+    from tests.conftest import ROOT
+
+    cfg = SFTConfig(n_layer=2, n_embd=32, n_head=2, max_length=64, steps=10, warmup_steps=1)
+    build_policy(cfg, tokenizer, seed=0).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    reward = dataclasses.replace(
+        load_params(ROOT / "params.yaml", "smoke").reward, k=2, batch_size=3, lr=1e-2
+    )
+    pairs = EncodedPairs(SEQS_A, SEQS_B, np.zeros(len(SEQS_A), dtype=bool))
+    pad = tokenizer.pad_token_id
+    ens, hist = lora_members(reward, tmp_path, pairs, 0, 0, pad, rank=2, max_steps=3)
+    assert ens.k == 2 and set(hist["member"]) == {0, 1} and len(hist) == 4  # 2 steps each
+    base = build_reward_model("policy", tmp_path, 1, seed=0, pad_token_id=pad).encoder.state_dict()
+    for j in range(2):
+        member = ens.member(j)
+        state = member.encoder.state_dict()
+        assert state.keys() == base.keys()  # adapters merged away: a standard checkpoint
+        for name, w in state.items():
+            delta = (w - base[name]).double()
+            if name.endswith(("attn.c_attn.weight", "mlp.c_fc.weight")):
+                assert delta.abs().max() > 0, name  # trained, with a rank-2 update
+                assert torch.linalg.matrix_rank(delta, atol=1e-6) <= 2, name
+            else:
+                assert delta.abs().max() == 0, name  # frozen
+    with torch.no_grad():
+        ids, mask = right_pad(SEQS_A, pad)
+        r = ens.rewards(ids, mask)
+    assert not torch.allclose(r[0], r[1])  # the members differ
