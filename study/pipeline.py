@@ -354,6 +354,7 @@ def run_stage(
         "node": ray.get_runtime_context().get_node_id()[:12],
     }
     if proc.returncode != 0:
+        Path(stop).touch()  # before Ray hands this task's CPUs to the next stage
         raise StageFailed(name, row)
     return row
 
@@ -376,6 +377,41 @@ def submit_order(stages: dict[str, Stage], run: set[str], prio: dict[str, float]
     if len(order) != len(run):
         raise ValueError(f"the stages {sorted(run - set(order))} wait on each other in a cycle")
     return order
+
+
+def _demand(stage: Stage, nodes: list[dict[str, float]]) -> int:
+    """The CPUs a stage asks Ray for: its threads (a whole node if it is exclusive), no more than
+    the largest node with its GPUs has, as the local loop caps a stage at the machine's cores.
+    Raises ValueError when no node has the GPUs it asks for."""
+    fit = [int(r.get("CPU", 0)) for r in nodes if int(r.get("GPU", 0)) >= stage.gpus]
+    if not fit or max(fit) < 1:
+        have = max((int(r.get("GPU", 0)) for r in nodes), default=0)
+        raise ValueError(
+            f"stage {stage.name} asks for {stage.gpus} GPU(s) (meta.gpus); no node of the "
+            f"Ray cluster has {'any' if have == 0 else 'that many'} (the most on one node: {have})"
+        )
+    return max(fit) if stage.exclusive else min(stage.cores, max(fit))
+
+
+def _cancel_all(ray: Any, refs: dict[str, Any], stop: Path) -> None:
+    """Stop the run: no stage starts; every task is cancelled, which stops its stage's process
+    group; wait (up to 20 s) for them to go. A second Ctrl-C or SIGTERM is ignored meanwhile, so
+    the cleanup cannot be cut short and leave a stage running."""
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
+        for sig in old:
+            signal.signal(sig, signal.SIG_IGN)
+    try:
+        stop.touch()
+        for ref in refs.values():
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=False)  # a running task stops its stage's process group
+        with contextlib.suppress(Exception):
+            ray.wait(list(refs.values()), num_returns=len(refs), timeout=20)
+    finally:
+        with contextlib.suppress(ValueError):
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
 
 def execute_ray(
@@ -411,7 +447,7 @@ def execute_ray(
     started_here = not ray.is_initialized()
     if started_here:
         kwargs: dict[str, Any] = {"address": address} if address else {
-            "num_cpus": cores, "num_gpus": 0, "object_store_memory": 100 * 2**20,
+            "num_cpus": cores, "object_store_memory": 100 * 2**20,
         }  # fmt: skip
         handler = signal.getsignal(signal.SIGTERM)
         ray.init(**kwargs, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
@@ -422,21 +458,13 @@ def execute_ray(
     failed: list[str] = []
     try:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-        most_cpus = max(int(r.get("CPU", 0)) for r in nodes)
-        most_gpus = max(int(r.get("GPU", 0)) for r in nodes)
-        for n in sorted(run):
-            if stages[n].gpus > most_gpus:
-                raise ValueError(
-                    f"stage {n} asks for {stages[n].gpus} GPU(s) (meta.gpus); no node of the "
-                    f"Ray cluster has {'any' if most_gpus == 0 else 'that many'}"
-                )
+        demand = {n: _demand(stages[n], nodes) for n in sorted(run)}  # refuses what fits no node
         task = ray.remote(run_stage)
         cwd, path = str(Path.cwd().resolve()), os.environ.get("PATH", "")
         t_start = time.time()
         for n in submit_order(stages, run, priorities(stages, run)):
-            cpus = most_cpus if stages[n].exclusive else min(stages[n].cores, most_cpus)
             refs[n] = task.options(
-                num_cpus=cpus, num_gpus=stages[n].gpus, max_retries=0, name=n
+                num_cpus=demand[n], num_gpus=stages[n].gpus, max_retries=0, name=n
             ).remote(
                 n, _command(n, dvc, force), cwd, str(log_dir / f"{n}.log"), str(stop), path,
                 *[refs[u] for u in sorted(stages[n].upstream & run)],
@@ -476,12 +504,10 @@ def execute_ray(
                 timings.append({**row, "start": row["start"] - t_start,
                                 "end": row["end"] - t_start,
                                 "seconds": row["end"] - row["start"]})  # fmt: skip
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (main turns it into this)
-        stop.touch()
-        for ref in refs.values():
-            ray.cancel(ref, force=False)  # a running task stops its stage's process group
-        with contextlib.suppress(Exception):
-            ray.wait(list(refs.values()), num_returns=len(refs), timeout=20)
+    except BaseException as e:  # Ctrl-C, SIGTERM (main turns it into KeyboardInterrupt), or Ray
+        _cancel_all(ray, refs, stop)
+        if isinstance(e, ray.exceptions.RayError):
+            raise RuntimeError(f"the Ray cluster failed: {e}") from e
         raise
     finally:
         stop.unlink(missing_ok=True)

@@ -153,6 +153,16 @@ def test_a_failed_stage_is_named_its_downstream_never_starts_and_finished_work_i
     assert rows["bad"]["returncode"] != "0" and rows["ok"]["returncode"] == "0"
 
 
+def test_on_one_core_no_stage_starts_after_a_failure(tmp_path, monkeypatch, engine):
+    """The failed stage's core goes free at once; the next stage in line must not take it."""
+    root = _project(
+        tmp_path, _stage("bad", [], sleep=0.1, fail=True) + _stage("later", [], sleep=0.1)
+    )
+    with pytest.raises(RuntimeError, match="stage bad failed; stages not run: later"):
+        _run(root, 1, monkeypatch, engine)
+    assert "later" not in (root / "events").read_text()
+
+
 def test_bad_targets_and_thread_params_are_named(tmp_path, monkeypatch):
     root = _project(tmp_path, _stage("a", [], extra="  meta: {threads: run.nope}\n"))
     monkeypatch.chdir(root)
