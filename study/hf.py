@@ -22,6 +22,7 @@ fitted and a model card.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shutil
@@ -44,6 +45,7 @@ from study.reward_models import (
     FAMILIES,
     EnsembleRewardModel,
     RewardModel,
+    RewardModelError,
     right_pad,
 )
 from study.reward_models import load_reward_model as load_study_dir
@@ -62,7 +64,7 @@ class RewardBundle:
     turns its K rewards into one (aggregation, UWO λ, per-head normaliser)."""
 
     model: RewardModel
-    tokenizer: PreTrainedTokenizerBase
+    tokenizer: PreTrainedTokenizerBase | None  # None: loaded without (`load_reward_model`)
     aggregation: str
     uwo_lambda: float
     normaliser: tuple[torch.Tensor, torch.Tensor] | None  # per-head (mean, std), (K,) each
@@ -114,6 +116,11 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
             f"{where}: field 'aggregation' is {method!r} (known: {', '.join(METHODS)})"
         )
     _field(manifest, "uwo_lambda", (int, float), where)
+    cut = manifest.get("max_length")
+    if cut is not None and (not isinstance(cut, int) or isinstance(cut, bool) or cut < 1):
+        raise RewardCheckpointError(
+            f"{where}: field 'max_length' is {cut!r}, expected a count >= 1"
+        )
     norm = manifest.get("normaliser")
     if norm is not None:
         for key in ("mean", "std"):
@@ -144,48 +151,65 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------- loading
 
 
-def _load_members(path: Path, names: Sequence[str]) -> EnsembleRewardModel:
+def _load_members(path: Path, names: Sequence[str], vectorize: bool) -> EnsembleRewardModel:
     members = []
     for name in names:
         m = AutoModelForSequenceClassification.from_pretrained(path / name).eval()
         if not isinstance(m, MultiHeadRewardModel):
             raise RewardCheckpointError(f"{path / name}: not a reward model ({type(m).__name__})")
         members.append(m)
-    return EnsembleRewardModel(members)
+    return EnsembleRewardModel(members, vectorize)
 
 
-def load_bundle(path: str | Path) -> RewardBundle:
+def _max_length(path: Path, model: RewardModel) -> int | None:
+    """The length the reward model was trained to read (``reward.max_length`` of the params in
+    ``training.json``), else the encoder's positions, else None."""
+    training = path / "training.json"
+    if training.is_file():
+        with contextlib.suppress(ValueError, KeyError, AttributeError, TypeError):
+            value = json.loads(training.read_text())["params"]["reward"]["max_length"]
+            if isinstance(value, int) and value > 0:
+                return value
+    encoder = model.config.encoder or {}
+    return encoder.get("n_positions") or encoder.get("max_position_embeddings")
+
+
+def load_bundle(path: str | Path, tokenizer: bool = True, vectorize: bool = True) -> RewardBundle:
     """A reward checkpoint of any family with what the study reads beside it.
 
     A directory with ``reward.json`` (written by `export_reward_model`) gives its aggregation and
     normaliser; a reward-model directory of the pipeline without one loads with the minimum and
-    no normaliser."""
+    no normaliser. `tokenizer`: load the tokenizer saved beside the model (a reward function needs
+    it; the model alone does not). `vectorize`: score an ensemble's members with one vmap (True)
+    or one after the other (False; on a CPU the loop is the faster, `reward.ensemble_scoring`)."""
     path = Path(path)
     if not path.is_dir():
         raise RewardCheckpointError(f"{path}: no such directory")
-    if (path / MANIFEST).is_file():
-        manifest = read_manifest(path)
-        if manifest["family"] == "ensemble":
-            model: RewardModel = _load_members(path, manifest["members"])
+    try:
+        if (path / MANIFEST).is_file():
+            manifest = read_manifest(path)
+            if manifest["family"] == "ensemble":
+                model: RewardModel = _load_members(path, manifest["members"], vectorize)
+            else:
+                model = load_study_dir(path, vectorize=vectorize)
+            if model.k != manifest["k"]:
+                raise RewardCheckpointError(
+                    f"{path / MANIFEST}: field 'k' is {manifest['k']}, but the weights have "
+                    f"{model.k} {'members' if manifest['family'] == 'ensemble' else 'heads'}"
+                )
+        elif (path / ENSEMBLE_MANIFEST).is_file() or (path / "config.json").is_file():
+            model = load_study_dir(path, vectorize=vectorize)
+            family = "ensemble" if isinstance(model, EnsembleRewardModel) else "multihead"
+            manifest = {"family": family if model.k > 1 else "single", "k": model.k}
+            manifest.update(aggregation="min", uwo_lambda=0.5, normaliser=None)
         else:
-            model = load_study_dir(path)
-        if model.k != manifest["k"]:
             raise RewardCheckpointError(
-                f"{path / MANIFEST}: field 'k' is {manifest['k']}, but the weights have "
-                f"{model.k} {'members' if manifest['family'] == 'ensemble' else 'heads'}"
+                f"{path}: not a reward checkpoint (no {MANIFEST}, {ENSEMBLE_MANIFEST} or "
+                "config.json)"
             )
-    elif (path / ENSEMBLE_MANIFEST).is_file() or (path / "config.json").is_file():
-        try:
-            model = load_study_dir(path)
-        except ValueError as e:
-            raise RewardCheckpointError(str(e)) from e
-        family = "ensemble" if isinstance(model, EnsembleRewardModel) else "multihead"
-        manifest = {"family": family if model.k > 1 else "single", "k": model.k}
-        manifest.update(aggregation="min", uwo_lambda=0.5, normaliser=None)
-    else:
-        raise RewardCheckpointError(
-            f"{path}: not a reward checkpoint (no {MANIFEST}, {ENSEMBLE_MANIFEST} or config.json)"
-        )
+    except RewardModelError as e:
+        raise RewardCheckpointError(str(e)) from e
+    manifest.setdefault("max_length", _max_length(path, model))
     norm = manifest.get("normaliser")
     normaliser = (
         (torch.tensor(norm["mean"], dtype=torch.float32), torch.tensor(norm["std"]))
@@ -194,7 +218,7 @@ def load_bundle(path: str | Path) -> RewardBundle:
     )
     return RewardBundle(
         model=model.eval().requires_grad_(False),
-        tokenizer=load_tokenizer(str(path), f"{path} (tokenizer)"),
+        tokenizer=load_tokenizer(str(path), f"{path} (tokenizer)") if tokenizer else None,
         aggregation=manifest["aggregation"],
         uwo_lambda=float(manifest["uwo_lambda"]),
         normaliser=normaliser,
@@ -202,9 +226,9 @@ def load_bundle(path: str | Path) -> RewardBundle:
     )
 
 
-def load_reward_model(path: str | Path) -> RewardModel:
+def load_reward_model(path: str | Path, vectorize: bool = True) -> RewardModel:
     """The reward model of a checkpoint directory, any family: `.rewards(ids, mask)` is (K, B)."""
-    return load_bundle(path).model
+    return load_bundle(path, tokenizer=False, vectorize=vectorize).model
 
 
 # ------------------------------------------------------------------------------ reward function
@@ -214,7 +238,8 @@ class RewardFunction:
     """The aggregated (and normalised) reward of a checkpoint, in TRL's reward-function signature:
     ``f(prompts, completions, completion_ids=None, **kwargs) -> list[float]``.
 
-    Each prompt is tokenised as given (the policy's input, template included); the completion
+    Each prompt is tokenised as given (the policy's input, template included; plain text only); the
+    sequence is cut to the length the reward model was trained on (``max_length``); the completion
     follows as `completion_ids` (TRL passes them, through the EOS where the completion ended) or,
     without them, as the tokenised completion text plus EOS (a finished response; pass
     ``finished=[...]`` to say otherwise). Completion ids are the policy's tokens: they are read as
@@ -250,6 +275,9 @@ class RewardFunction:
         self.uwo_lambda = bundle.uwo_lambda if uwo_lambda is None else float(uwo_lambda)
         self.normaliser = bundle.normaliser if normalise else None
         tok = bundle.tokenizer
+        if tok is None:
+            raise ValueError("reward_fn: the bundle was loaded without its tokenizer")
+        self.max_length = bundle.manifest.get("max_length")  # as the reward model was trained
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.shared_vocab = (
             policy_tokenizer is None or policy_tokenizer.get_vocab() == tok.get_vocab()
@@ -271,7 +299,14 @@ class RewardFunction:
     ) -> torch.Tensor:
         """Per-head rewards (K, B), normalised if the function normalises."""
         tok = self.bundle.tokenizer
+        if not prompts:
+            return torch.zeros(self.bundle.k, 0)
         if completion_ids is not None and not self.shared_vocab:  # re-tokenise the texts
+            if completions is None:
+                raise ValueError(
+                    "reward_fn: the policy's vocabulary is not the reward model's, so its "
+                    "completion_ids cannot be read: give the completion texts too"
+                )
             if finished is None:
                 finished = [len(c) > 0 and int(c[-1]) == self.policy_eos for c in completion_ids]
             completion_ids = None
@@ -281,16 +316,17 @@ class RewardFunction:
             if len(completions) != len(prompts):
                 raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
             ends = [True] * len(completions) if finished is None else list(finished)
-            texts = [c if isinstance(c, str) else _message_text(c) for c in completions]
+            texts = [_text(c, "completion") for c in completions]
             body = tok(texts, add_special_tokens=False)["input_ids"]
             completion_ids = [
                 [*b, tok.eos_token_id] if e else b for b, e in zip(body, ends, strict=True)
             ]
         elif len(completion_ids) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(completion_ids)} completion_ids")
-        queries = tok([p if isinstance(p, str) else _message_text(p) for p in prompts])
+        queries = tok([_text(p, "prompt") for p in prompts])
+        cut = self.max_length  # as `study.reward_models.encode` cuts the training pairs
         seqs = [
-            [*q, *(int(t) for t in c)]
+            [*q, *(int(t) for t in c)][:cut]
             for q, c in zip(queries["input_ids"], completion_ids, strict=True)
         ]
         # length-sorted batches, right-padded (positions count from the first token, so this
@@ -346,11 +382,15 @@ class RewardCallInfo:
     trainer_state: Any  # TRL's TrainerState, when TRL called
 
 
-def _message_text(messages: Any) -> str:
-    """The text of a conversational prompt or completion (a list of {'role', 'content'})."""
-    if isinstance(messages, list) and all(isinstance(m, dict) for m in messages):
-        return "".join(str(m.get("content", "")) for m in messages)
-    raise TypeError(f"reward_fn: expected text or a list of messages, got {type(messages)}")
+def _text(value: Any, what: str) -> str:
+    """A prompt or completion as text. Conversational input (a list of messages) is refused: the
+    study's reward models read plain text, and no chat template made their training data."""
+    if isinstance(value, str):
+        return value
+    raise TypeError(
+        f"reward_fn: each {what} must be text, got {type(value).__name__} (conversational "
+        "datasets are not supported: the reward models were trained on plain-text prompts)"
+    )
 
 
 def reward_fn(
@@ -431,7 +471,7 @@ def model_card(manifest: dict[str, Any]) -> str:
         f"| epochs | {card.get('epochs', '?')} |",
         f"| held-out accuracy vs labels (per head) | {acc.get('labels', '?')} |",
         f"| held-out accuracy vs gold (per head) | {acc.get('gold', 'not measured')} |",
-        f"| normaliser | {'per-head z-scores, ' + norm['fitted_on'] if norm else 'none'} |",
+        f"| normaliser | {'per-head z-scores, ' + norm.get('fitted_on', '') if norm else 'none'} |",
         f"| made by | commit `{card.get('git_revision', '?')}` |",
         "",
         "## Use",
@@ -477,6 +517,7 @@ def export_reward_model(
         "aggregation": aggregation,
         "uwo_lambda": uwo_lambda,
         "normaliser": normaliser,
+        "max_length": _max_length(rm_dir, model),
         "training": {k: v for k, v in training.items() if k != "params"},
         "params": training.get("params"),
         "card": card or {},
@@ -517,16 +558,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     rm_dir = root / "artifacts" / "rm" / arm / f"seed{seed}"
     if not rm_dir.is_dir():
         parser.error(f"{rm_dir}: no reward model (run stage rm@{arm}-{seed} first: dvc repro)")
-    variant = "single" if arm == "single" else f"{arm}_{args.aggregation}"
-    ppo = root / "results" / "ppo" / variant / f"seed{seed}" / "train.json"
+    # the normaliser depends on the reward model and the seed, not on the aggregation (every PPO
+    # run of the arm fits it on the same SFT samples): the first run of the arm that exists
+    variants = (
+        ["single"] if arm == "single" else [f"{arm}_{m}" for m in (args.aggregation, *METHODS)]
+    )
+    runs = [root / "results" / "ppo" / v / f"seed{seed}" / "train.json" for v in variants]
+    ppo = next((r for r in runs if r.is_file()), None)
     normaliser = None
-    if ppo.is_file():
+    if ppo is not None:
         info = json.loads(ppo.read_text())
         normaliser = {
             "mean": info["norm_mean"],
             "std": info["norm_std"],
-            "fitted_on": f"SFT samples of the RL prompts, as PPO run {variant} seed {seed} fitted it",
+            "fitted_on": f"SFT samples of the RL prompts, as PPO run {ppo.parent.parent.name} "
+            f"seed {seed} fitted it",
         }
+    if not (rm_dir / "training.json").is_file():
+        parser.error(f"{rm_dir / 'training.json'}: missing (not a reward model of the pipeline)")
     results = root / "results" / "rm" / arm / f"seed{seed}"
     training = json.loads((rm_dir / "training.json").read_text())
     params = training.get("params", {})
@@ -543,7 +592,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         else {},
     }
     out = export_reward_model(rm_dir, args.out, args.aggregation, args.uwo_lambda, normaliser, card)
-    print(f"wrote {out} (normaliser: {'from ' + str(ppo) if normaliser else 'none'})")
+    print(
+        f"wrote {out} (normaliser: {'from ' + str(ppo) if ppo else 'none: no PPO run of the arm'})"
+    )
 
 
 if __name__ == "__main__":

@@ -338,7 +338,15 @@ def train_rloo(
         reward_fn = gold_reward_fn(gold)
     else:  # the reward checkpoint of stage rm, read as any user reads it (`study.reward_fn`)
         rm_dir = require(Path(rm_root) / family / f"seed{seed}", f"stage rm@{family}-{seed}")
-        bundle = load_bundle(rm_dir)
+        bundle = load_bundle(
+            rm_dir, vectorize=params.reward.vectorize_ensemble(torch.cuda.is_available())
+        )
+        if bundle.tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(
+                f"RLOO: the reward model at {rm_dir} reads another vocabulary than the policy; "
+                "the normaliser is fitted on the policy's tokens, so RLOO needs a reward model "
+                "on the policy's tokenizer (reward.encoder: policy or scratch)"
+            )
         reward_fn = proxy_reward_fn(
             bundle.model, bundle.tokenizer, tokenizer, params.reward.max_length
         )

@@ -277,3 +277,89 @@ def test_completion_ids_of_another_vocabulary_are_re_tokenised(exported, tokeniz
     plain = study.reward_fn(exported / "multihead")
     assert got == pytest.approx(plain(PROMPTS, COMPLETIONS, finished=[True, False, True]), abs=1e-6)
     assert got != pytest.approx(plain(PROMPTS, COMPLETIONS), abs=1e-6)
+
+
+def test_what_reward_fn_refuses_or_cuts(pipeline_dirs, exported, tokenizer, tmp_path):
+    _, models = pipeline_dirs
+    f = study.reward_fn(exported / "multihead")
+    assert f([], []) == []
+    with pytest.raises(TypeError, match="conversational datasets are not supported"):
+        f([[{"role": "user", "content": "hi"}]], ["red"])
+    with pytest.raises(ValueError, match="give completions or completion_ids"):
+        f(PROMPTS)
+    # a manifest's max_length cuts each sequence as the training pairs were cut
+    d, m = _broken(exported, tmp_path, "multihead")
+    (d / MANIFEST).write_text(json.dumps({**m, "max_length": 4}))
+    cut = study.reward_fn(d, normalise=False, aggregate="mean")
+    ids = [
+        tokenizer(p)["input_ids"]
+        + tokenizer(c, add_special_tokens=False)["input_ids"]
+        + [tokenizer.eos_token_id]
+        for p, c in zip(PROMPTS, COMPLETIONS, strict=True)
+    ]
+    with torch.no_grad():
+        expected = torch.stack(
+            [
+                models["multihead"].rewards(
+                    torch.tensor([s[:4]]), torch.ones(1, min(4, len(s)), dtype=torch.long)
+                )[:, 0]
+                for s in ids
+            ],
+            1,
+        )
+    torch.testing.assert_close(
+        torch.tensor(cut(PROMPTS, COMPLETIONS)), expected.mean(0), atol=1e-5, rtol=0
+    )
+
+
+def test_a_model_directory_without_a_tokenizer_loads_as_a_model(pipeline_dirs, tmp_path):
+    _, models = pipeline_dirs
+    models["multihead"].save_pretrained(tmp_path / "bare")  # weights and config only
+    assert study.load_reward_model(tmp_path / "bare").k == K
+
+
+def test_the_export_command_reads_the_pipeline_and_its_ppo_normaliser(
+    pipeline_dirs, tmp_path, monkeypatch, capsys
+):
+    import pandas as pd
+
+    from study.hf import main
+
+    root, _ = pipeline_dirs
+    rm = tmp_path / "artifacts" / "rm" / "multihead" / "seed2"
+    shutil.copytree(root / "multihead", rm)
+    (rm / "training.json").write_text(
+        json.dumps(
+            {
+                "epochs": 1,
+                "train_pairs": 10,
+                "params": {"reward": {"max_length": 32}, "preferences": {"flip_rate": 0.25}},
+            }
+        )
+    )
+    val = tmp_path / "results" / "rm" / "multihead" / "seed2"
+    val.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "pair_id": [0, 0, 0, 1, 1, 1],
+            "head": [0, 1, 2] * 2,
+            "r_chosen": [1.0, 0.0, 2.0, 0.0, 0.0, 3.0],
+            "r_rejected": [0.0, 1.0, 1.0, 1.0, 1.0, 2.0],
+        }
+    ).to_parquet(val / "val_rewards.parquet")
+    ppo = tmp_path / "results" / "ppo" / "multihead_mean" / "seed2"
+    ppo.mkdir(parents=True)
+    (ppo / "train.json").write_text(
+        json.dumps({"norm_mean": [0.0, 1.0, 2.0], "norm_std": [1.0, 2.0, 3.0]})
+    )
+    main(["export", "multihead", "2", str(tmp_path / "out"), "--root", str(tmp_path)])
+    assert "from " + str(ppo / "train.json") in capsys.readouterr().out  # min's run absent: mean's
+    bundle = load_bundle(tmp_path / "out")
+    assert bundle.k == K and bundle.manifest["max_length"] == 32
+    torch.testing.assert_close(bundle.normaliser[1], torch.tensor([1.0, 2.0, 3.0]))
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| held-out accuracy vs labels (per head) | [0.5, 0.0, 1.0] |" in card
+    assert "flip rate) 0.25" in card
+    with pytest.raises(SystemExit):
+        main(["export", "multihead", "7", str(tmp_path / "x"), "--root", str(tmp_path)])
+    assert "no reward model" in capsys.readouterr().err
