@@ -16,13 +16,15 @@ PPO, best-of-n and the aggregations take them like any other family:
 - **Dropout subnetworks** (`dropout_members`): K fixed dropout masks over the hidden units of
   every MLP block of the encoder (rate p, inverted scaling), each mask folded into a copy of the
   block's output projection, so member k computes exactly the forward pass of the trained model
-  under mask k.
+  under mask k. Fixed masks make the reward deterministic (what PPO needs within and across
+  steps). It is MC dropout with K masks drawn once, on the MLP's hidden units (not where GPT-2
+  places its own dropout, and applied to a model trained without it): a test-time perturbation
+  ensemble rather than a posterior of a dropout-trained network.
 - **LoRA ensemble** (`lora_members`): one frozen encoder and K low-rank adapters with their own
   heads, each trained separately (`peft`), merged into K standard members. The backward pass
   still runs through the whole encoder, so training compute is close to K fine-tunings; what it
-  saves is optimiser state and the memory of K trained encoders. Fixed
-  masks make the reward deterministic (what PPO needs within and across steps); it is MC dropout
-  with K samples drawn once.
+  saves is the optimiser state of K encoders. The merged members hold K full encoders, as an
+  ensemble does (scoring with unmerged adapters on one base would save that memory).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn as nn
+from transformers.pytorch_utils import Conv1D
 
 from study.config import RewardConfig
 from study.modeling_reward import MultiHeadRewardModel
@@ -53,12 +56,15 @@ def pooled_features(
     token (the input of `model.score`, captured by a hook)."""
     captured: list[torch.Tensor] = []
     hook = model.score.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0]))
+    was_training = model.training
+    model.eval()  # no dropout in the features
     try:
         for s in range(0, len(seqs), batch_size):
             ids, mask = right_pad(seqs[s : s + batch_size], pad_id)
             model(ids, mask)
     finally:
         hook.remove()
+        model.train(was_training)
     return torch.cat(captured).double()
 
 
@@ -72,7 +78,7 @@ def laplace_posterior(
     x, w = x.double(), w.double()
     p = torch.sigmoid(x @ w)
     h = (x * (p * (1 - p))[:, None]).T @ x + prior_precision * torch.eye(x.shape[1], dtype=x.dtype)
-    return h, torch.linalg.inv(h)
+    return h, torch.cholesky_inverse(torch.linalg.cholesky(h))
 
 
 def laplace_heads(
@@ -90,10 +96,12 @@ def laplace_heads(
         raise ValueError(f"laplace_heads takes a single-head model, got K = {model.k}")
     x = pooled_features(model, chosen, pad_id) - pooled_features(model, rejected, pad_id)
     w = model.score.weight[0].detach().double()
-    _, cov = laplace_posterior(x, w, prior_precision)
-    gen = torch.Generator().manual_seed(seed)
-    chol = torch.linalg.cholesky(cov)
-    draws = w + (chol @ torch.randn(w.shape[0], k, generator=gen, dtype=cov.dtype)).T  # (K, d)
+    h, cov = laplace_posterior(x, w, prior_precision)
+    # w + L⁻ᵀ z for H = L Lᵀ has covariance H⁻¹; one row of z per head, so the first K heads of
+    # a larger K are the same draws (nested head counts)
+    z = torch.randn(k, w.shape[0], generator=torch.Generator().manual_seed(seed), dtype=h.dtype)
+    chol = torch.linalg.cholesky(h)
+    draws = w + torch.linalg.solve_triangular(chol.T, z.T, upper=True).T  # (K, d)
     config = copy.deepcopy(model.config)
     config.num_labels = k
     out = MultiHeadRewardModel(config)
@@ -121,6 +129,8 @@ def _mlp_outputs(encoder: nn.Module) -> list[nn.Module]:
     layers = [
         m.mlp.c_proj for m in encoder.modules() if hasattr(m, "mlp") and hasattr(m.mlp, "c_proj")
     ]
+    if any(not isinstance(layer, Conv1D) for layer in layers):
+        raise ValueError("dropout_members: mlp.c_proj is not GPT-2's Conv1D (weight (in, out))")
     if not layers:
         raise ValueError(
             f"dropout_members: no GPT-2 style MLP (mlp.c_proj) in {type(encoder).__name__}"

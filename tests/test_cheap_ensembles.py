@@ -145,3 +145,11 @@ def test_lora_members_train_low_rank_updates_of_the_target_projections_only(tmp_
         ids, mask = right_pad(SEQS_A, pad)
         r = ens.rewards(ids, mask)
     assert not torch.allclose(r[0], r[1])  # the members differ
+
+
+def test_laplace_head_counts_are_nested(single, tokenizer):
+    """The heads of K = 3 are the first three of K = 5 (same seed): a sweep over K adds heads."""
+    pad = tokenizer.pad_token_id
+    three, _ = laplace_heads(single, SEQS_A, SEQS_B, pad, k=3, prior_precision=2.0, seed=4)
+    five, _ = laplace_heads(single, SEQS_A, SEQS_B, pad, k=5, prior_precision=2.0, seed=4)
+    torch.testing.assert_close(five.score.weight[:3], three.score.weight, atol=0, rtol=0)
