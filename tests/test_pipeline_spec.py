@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+from pathlib import Path
 
 import yaml
 
@@ -257,3 +258,30 @@ def test_the_aggregations_read_every_ppo_agg_run_and_the_minimum_on_its_seeds():
     assert agg == {(v, s) for v, s in expected if not v.endswith("_min")}
     for v, s in expected:
         assert (v, s) in grid and f"results/ppo/{v}/seed{s}" in deps, (v, s)
+
+
+def test_no_published_output_is_git_ignored():
+    """Every out with `cache: false` is published in git: no .gitignore (DVC writes one for cached
+    outs, and keeps stale lines when an out stops being cached) may hide it."""
+    import subprocess
+
+    from dvc.repo import Repo
+
+    repo = Repo(str(ROOT))
+    try:
+        published = sorted(
+            {
+                str(Path(o.fs_path).relative_to(ROOT))
+                for s in repo.index.stages
+                for o in s.outs
+                if not o.use_cache
+            }
+        )
+    finally:
+        repo.close()
+    assert "results/report/claims.csv" in published
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", "-v", *published],
+        cwd=ROOT, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    assert not ignored, "published outputs that git ignores:\n" + ignored
