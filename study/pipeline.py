@@ -446,8 +446,9 @@ def execute_ray(
     address = address or os.environ.get("RAY_ADDRESS")
     started_here = not ray.is_initialized()
     if started_here:
+        # "local": a Ray of its own, never one that another run on this machine started
         kwargs: dict[str, Any] = {"address": address} if address else {
-            "num_cpus": cores, "object_store_memory": 100 * 2**20,
+            "address": "local", "num_cpus": cores, "object_store_memory": 100 * 2**20,
         }  # fmt: skip
         handler = signal.getsignal(signal.SIGTERM)
         ray.init(**kwargs, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
