@@ -124,11 +124,18 @@ def plan(
     """The stages to run: the stale ones (every one if `force`) and all downstream of them,
     within `targets` and what they depend on (every stage if no targets), or within `targets`
     alone if `single_item` (as `dvc repro --single-item`)."""
+    expanded: list[str] = []
     for t in targets or []:
+        group = sorted(n for n in stages if n.startswith(f"{t}@"))
+        if t not in stages and group:  # a matrix or foreach stage: all of its items, as DVC does
+            expanded.extend(group)
+            continue
         if t not in stages:
             close = sorted(n for n in stages if n.startswith(t.split("@")[0]))
             hint = f" (stages of that name: {', '.join(close)})" if close else ""
             raise ValueError(f"no pipeline stage {t!r} in dvc.yaml{hint}")
+        expanded.append(t)
+    targets = expanded
     scope = set(stages)
     if single_item:
         if not targets:
@@ -586,9 +593,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from study.config import load_params
 
-    params = load_params(args.params)
-    stages, stale = load_stages(Path.cwd(), params)
-    run = plan(stages, stale, args.targets, args.force, args.single_item)
+    try:
+        params = load_params(args.params)
+        stages, stale = load_stages(Path.cwd(), params)
+        run = plan(stages, stale, args.targets, args.force, args.single_item)
+    except ValueError as e:  # a bad target, param or stage meta: named, before anything runs
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not run:
         print("Data and pipelines are up to date.")
         return 0

@@ -174,6 +174,16 @@ def test_bad_targets_and_thread_params_are_named(tmp_path, monkeypatch):
         plan(stages, stale, ["b"])
 
 
+def test_a_matrix_stage_s_name_targets_all_of_its_items():
+    from study.pipeline import Stage
+
+    st = {"w": Stage("w"), "r@a": Stage("r@a", {"w"}), "r@b": Stage("r@b", {"w"})}
+    assert plan(st, set(st), ["r"]) == {"w", "r@a", "r@b"}
+    assert plan(st, set(st), ["r"], single_item=True) == {"r@a", "r@b"}
+    with pytest.raises(ValueError, match="no pipeline stage 'q'"):
+        plan(st, set(st), ["q"])
+
+
 def test_priorities_put_the_longest_chain_first():
     from study.pipeline import Stage
 
