@@ -20,7 +20,7 @@ PARAMS = SimpleNamespace(run=SimpleNamespace(threads=1, wide_threads=2))
 DVC = [sys.executable, "-m", "dvc"]
 
 
-def _stage(name: str, deps: list[str], sleep: float = 1.5, extra: str = "", fail: bool = False):
+def _stage(name: str, deps: list[str], sleep: float = 2.5, extra: str = "", fail: bool = False):
     body = f"echo start {name} $(date +%s.%N) >> events && sleep {sleep}"
     body += " && exit 3" if fail else ""
     body += f" && cat {' '.join(deps) or '/dev/null'} > {name}.txt"
@@ -100,7 +100,7 @@ def test_independent_stages_overlap_dependents_wait_and_a_second_run_does_nothin
     assert stale == set() and plan(stages, stale) == set()
     # a changed dep reruns that stage and what is downstream of it only
     (root / "dvc.yaml").write_text(
-        (root / "dvc.yaml").read_text().replace("sleep 1.5", "sleep 1.4", 1)
+        (root / "dvc.yaml").read_text().replace("sleep 2.5", "sleep 2.4", 1)
     )
     stages, stale = load_stages(root, PARAMS)
     assert plan(stages, stale) == {"a", "c", "d"}
