@@ -298,13 +298,7 @@ def execute(
     finally:
         _write_timings(log_dir / "timings.csv", timings)
     if failed:
-        first = failed[0]
-        tail = (log_dir / f"{first}.log").read_text(errors="replace")[-3000:]
-        left = sorted(run - done - set(failed))
-        raise RuntimeError(
-            f"stage {first} failed; stages not run: {', '.join(left) or 'none'}\n"
-            f"--- end of {log_dir / f'{first}.log'} ---\n{tail}"
-        )
+        raise_failed(log_dir, failed, run, done)
     return timings
 
 
@@ -523,14 +517,19 @@ def execute_ray(
         if started_here:
             ray.shutdown()
     if failed:
-        first = failed[0]
-        tail = (log_dir / f"{first}.log").read_text(errors="replace")[-3000:]
-        left = sorted(run - done - set(failed))
-        raise RuntimeError(
-            f"stage {first} failed; stages not run: {', '.join(left) or 'none'}\n"
-            f"--- end of {log_dir / f'{first}.log'} ---\n{tail}"
-        )
+        raise_failed(log_dir, failed, run, done)
     return timings
+
+
+def raise_failed(log_dir: Path, failed: list[str], run: set[str], done: set[str]) -> None:
+    """RuntimeError naming the first failed stage, the stages not run and the end of its log."""
+    first = failed[0]
+    tail = (log_dir / f"{first}.log").read_text(errors="replace")[-3000:]
+    left = sorted(run - done - set(failed))
+    raise RuntimeError(
+        f"stage {first} failed; stages not run: {', '.join(left) or 'none'}\n"
+        f"--- end of {log_dir / f'{first}.log'} ---\n{tail}"
+    )
 
 
 def last_log_line(path: Path, width: int = 100) -> str:
