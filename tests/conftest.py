@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -16,6 +17,21 @@ from study.world.tokenizer import train_tokenizer
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(2)
+
+
+def toy_params(**ppo):
+    """Smoke params cut further: a world in seconds, responses of at most 12 tokens; `ppo`
+    overrides fields of the PPO section."""
+    p = load_params(ROOT / "params.yaml", "smoke")
+    r = dataclasses.replace
+    return r(
+        p,
+        world=r(p.world, corpus_size=300, n_rl_prompts=32, n_eval_prompts=4),
+        sft=r(p.sft, steps=10, warmup_steps=2, eval_every=5),
+        sampling=r(p.sampling, max_new_tokens=12),
+        preferences=r(p.preferences, n_pairs=8, n_samples_report=8),
+        ppo=r(p.ppo, **{"n_norm_samples": 8, **ppo}),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ bit for bit."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import signal
@@ -18,34 +17,23 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, toy_params
 
 VARIANT, SEED = "multihead_min", 0
 
 
-def toy_params():
-    """The smoke profile cut further: a world in seconds, eight PPO steps, a checkpoint every two."""
-    from study.config import load_params
-
-    p = load_params(ROOT / "params.yaml", "smoke")
-    r = dataclasses.replace
-    return r(
-        p,
-        world=r(p.world, corpus_size=300, n_rl_prompts=32, n_eval_prompts=4),
-        sft=r(p.sft, steps=10, warmup_steps=2, eval_every=5),
-        sampling=r(p.sampling, max_new_tokens=12),
-        preferences=r(p.preferences, n_pairs=8, n_samples_report=8),
-        ppo=r(p.ppo, n_norm_samples=8, steps=8, checkpoint_every=2, eval_every=2),
-    )
+def fault_params():
+    """Toy params with eight PPO steps and a checkpoint every two."""
+    return toy_params(steps=8, checkpoint_every=2, eval_every=2)
 
 
 RUN = """
 import sys
 from pathlib import Path
 from study.ppo_train import run_ppo_stage
-from tests.test_faults import toy_params, VARIANT, SEED
+from tests.test_faults import fault_params, VARIANT, SEED
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
-run_ppo_stage(toy_params(), VARIANT, SEED, root / "world", root / "rm", out / "results",
+run_ppo_stage(fault_params(), VARIANT, SEED, root / "world", root / "rm", out / "results",
               out / "policy", out / "checkpoint", progress=False)
 """
 
@@ -65,7 +53,7 @@ def world(tmp_path_factory):
     from study.world.build import build_world
 
     root = tmp_path_factory.mktemp("faults")
-    build_world(toy_params(), root / "world", progress=False)
+    build_world(fault_params(), root / "world", progress=False)
     tok = load_tokenizer(str(root / "world" / "policy"))
     rm = build_reward_model("policy", root / "world" / "policy", 3, 0, tok.pad_token_id)
     rm.save_pretrained(root / "rm" / "multihead" / f"seed{SEED}")

@@ -3,7 +3,6 @@ and a toy-size run that logs KL, proxy and gold and moves the policy."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -13,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from study.aggregate import aggregate
-from study.config import ConfigError, load_params
+from study.config import ConfigError
 from study.generation import format_queries, left_pad
 from study.hub import load_tokenizer
 from study.proxy import HeadNormaliser, proxy_reward_fn
@@ -27,7 +26,7 @@ from study.rloo import (
 )
 from study.world.build import build_world
 from study.world.gold import COMPONENTS
-from tests.conftest import ROOT
+from tests.conftest import toy_params
 
 K = 3
 
@@ -35,16 +34,7 @@ K = 3
 @pytest.fixture(scope="module")
 def params():
     """Smoke params cut further: a world in seconds, responses of at most 12 tokens."""
-    p = load_params(ROOT / "params.yaml", "smoke")
-    r = dataclasses.replace
-    return r(
-        p,
-        world=r(p.world, corpus_size=300, n_rl_prompts=32, n_eval_prompts=4),
-        sft=r(p.sft, steps=10, warmup_steps=2, eval_every=5),
-        sampling=r(p.sampling, max_new_tokens=12),
-        preferences=r(p.preferences, n_pairs=8, n_samples_report=8),
-        ppo=r(p.ppo, n_norm_samples=8),
-    )
+    return toy_params()
 
 
 @pytest.fixture(scope="module")
