@@ -35,8 +35,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import json
 import os
+import shlex
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -58,6 +62,7 @@ class Stage:
     minutes: float = 1.0  # the scheduling estimate (`meta: {minutes: ...}`), not a measurement
     gpus: int = 0  # GPUs the stage asks for (`meta: {gpus: n}`; the Ray engine honours it)
     order: int = 0  # position in dvc.yaml, the tie-break
+    cmd: str = ""  # the stage's shell command (its programs are checked before anything runs)
 
 
 def _param(params: Any, dotted: str, stage: str) -> int:
@@ -104,6 +109,7 @@ def load_stages(repo_root: Path, params: Any) -> tuple[dict[str, Stage], set[str
                 exclusive=bool(meta.get("exclusive", False)),
                 minutes=float(minutes),
                 order=i,
+                cmd=s.cmd if isinstance(s.cmd, str) else " && ".join(s.cmd),
             )
         for u, v in graph.edges():
             if u.addressing in stages and v.addressing in stages:
@@ -234,6 +240,7 @@ def execute(
     log_dir.mkdir(parents=True, exist_ok=True)
     prio = priorities(stages, run)
     need = {n: min(stages[n].cores, cores) for n in run}
+    eta = Eta(log_dir, need, cores)
     done: set[str] = set()
     running: dict[str, tuple[subprocess.Popen, float, Any]] = {}
     timings: list[dict[str, Any]] = []
@@ -286,7 +293,8 @@ def execute(
                 timings.append({**row, "seconds": t1 - t0, "returncode": rc})
                 if rc == 0:
                     done.add(n)
-                    echo(f"[{_clock(t_start)}] done  {n} in {t1 - t0:.0f} s")
+                    echo(f"[{_clock(t_start)}] done  {n} in {t1 - t0:.0f} s "
+                         f"({len(done)}/{len(run)} done{eta.left(run - done)})")  # fmt: skip
                 else:
                     failed.append(n)
                     echo(f"[{_clock(t_start)}] FAILED {n} (exit {rc}); log: {log_dir / f'{n}.log'}")
@@ -297,6 +305,7 @@ def execute(
         raise
     finally:
         _write_timings(log_dir / "timings.csv", timings)
+        eta.record(timings)
     if failed:
         raise_failed(log_dir, failed, run, done)
     return timings
@@ -455,12 +464,15 @@ def execute_ray(
         ray.init(**kwargs, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         signal.signal(signal.SIGTERM, handler)  # Ray's own handler would exit at once
     timings: list[dict[str, Any]] = []
+    eta: Eta | None = None  # set once the cluster's resources are known
     refs: dict[str, Any] = {}
     done: set[str] = set()
     failed: list[str] = []
     try:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         demand = {n: _demand(stages[n], nodes) for n in sorted(run)}  # refuses what fits no node
+        total = int(sum(r.get("CPU", 0) for r in nodes)) or cores
+        eta = Eta(log_dir, {n: int(d) for n, d in demand.items()}, total)
         task = ray.remote(run_stage)
         cwd, path = str(Path.cwd().resolve()), os.environ.get("PATH", "")
         t_start = time.time()
@@ -502,7 +514,8 @@ def execute_ray(
                          f"log: {log_dir / f'{n}.log'}")  # fmt: skip
                 else:
                     done.add(n)
-                    echo(f"[{_clock(t_start)}] done  {n} in {row['end'] - row['start']:.0f} s")
+                    echo(f"[{_clock(t_start)}] done  {n} in {row['end'] - row['start']:.0f} s "
+                         f"({len(done)}/{len(run)} done{eta.left(run - done - set(failed))})")  # fmt: skip
                 timings.append({**row, "start": row["start"] - t_start,
                                 "end": row["end"] - t_start,
                                 "seconds": row["end"] - row["start"]})  # fmt: skip
@@ -514,6 +527,8 @@ def execute_ray(
     finally:
         stop.unlink(missing_ok=True)
         _write_timings(log_dir / "timings.csv", timings)
+        if eta is not None:
+            eta.record(timings)
         if started_here:
             ray.shutdown()
     if failed:
@@ -544,6 +559,54 @@ def last_log_line(path: Path, width: int = 100) -> str:
     lines = [seg.strip() for line in tail.splitlines() for seg in line.split("\r")[-1:]]
     lines = [x for x in lines if x]
     return lines[-1][:width] if lines else ""
+
+
+class Eta:
+    """The time left, from each stage's seconds in earlier runs (`history.json` in the log
+    directory: stage -> seconds of its last successful run). A stage never run before counts as
+    the median of its stage group (the name before '@'), or of every known stage."""
+
+    def __init__(self, log_dir: Path, need: dict[str, int], cores: int):
+        self.path = log_dir / "history.json"
+        try:
+            self.seconds: dict[str, float] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.seconds = {}
+        self.need, self.cores = need, max(1, cores)
+
+    def expected(self, stage: str) -> float | None:
+        if stage in self.seconds:
+            return self.seconds[stage]
+        group = [v for k, v in self.seconds.items() if k.split("@")[0] == stage.split("@")[0]]
+        known = group or list(self.seconds.values())
+        return statistics.median(known) if known else None
+
+    def left(self, remaining: set[str]) -> str:
+        """'~N min left' for the stages in `remaining` (core-seconds over the cores), or ''."""
+        est = [(self.expected(n), self.need.get(n, 1)) for n in remaining]
+        if not remaining or any(e is None for e, _ in est):
+            return ""
+        return f", ~{sum(e * c for e, c in est) / self.cores / 60:.0f} min left"
+
+    def record(self, rows: list[dict[str, Any]]) -> None:
+        """Remember the seconds of this run's successful stages."""
+        self.seconds.update({r["stage"]: r["seconds"] for r in rows if r["returncode"] == 0})
+        with contextlib.suppress(OSError):
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.seconds, indent=1, sort_keys=True))
+            tmp.replace(self.path)
+
+
+def missing_tools(stages: dict[str, Stage], run: set[str]) -> list[str]:
+    """The programs that the commands of `run` start (the first word of each `&&` part) and that
+    are not on PATH."""
+    progs = set()
+    for n in run:
+        for part in stages[n].cmd.split("&&"):
+            words = shlex.split(part)
+            if words:
+                progs.add(words[0])
+    return sorted(p for p in progs if shutil.which(p) is None)
 
 
 def _clock(t0: float) -> str:
@@ -602,6 +665,15 @@ def main(argv: list[str] | None = None) -> int:
     if not run:
         print("Data and pipelines are up to date.")
         return 0
+    # stages run papermill and jupyter from the environment this runner runs in, activated or not
+    os.environ["PATH"] = os.pathsep.join(
+        [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+    )
+    missing = missing_tools(stages, run)
+    if missing:
+        print(f"error: the stages' commands need {', '.join(missing)}, not found on PATH "
+              f"(install the project: make setup)", file=sys.stderr)  # fmt: skip
+        return 2
     prio = priorities(stages, run)
     where = f"the Ray cluster at {args.address}" if args.address else f"{args.cores} core(s)"
     print(f"{len(run)} stage(s) to run on {where} ({args.engine}):")

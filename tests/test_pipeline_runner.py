@@ -307,3 +307,43 @@ def test_a_stage_asking_for_a_gpu_the_cluster_lacks_is_refused_before_anything_r
     with pytest.raises(ValueError, match=r"stage gpu asks for 1 GPU\(s\) \(meta.gpus\)"):
         execute_ray(stages, plan(stages, stale), 2, dvc=DVC, log_dir=root / "logs")
     assert not (root / "events").exists()  # nothing started
+
+
+def test_the_time_left_comes_from_earlier_runs_and_is_printed_as_stages_end(tmp_path, monkeypatch):
+    from study.pipeline import Eta
+
+    eta = Eta(tmp_path, {"rm@a-0": 2, "rm@b-0": 2, "ppo@a-0": 1, "new": 1}, cores=2)
+    assert eta.left({"rm@a-0"}) == ""  # nothing known yet: no guess
+    eta.record([{"stage": "rm@a-0", "seconds": 120.0, "returncode": 0},
+                {"stage": "rm@b-0", "seconds": 240.0, "returncode": 0},
+                {"stage": "ppo@a-0", "seconds": 999.0, "returncode": 1}])  # fmt: skip
+    again = Eta(tmp_path, eta.need, cores=2)  # read back from history.json
+    assert again.expected("rm@a-0") == 120.0
+    assert again.expected("rm@c-0") == 180.0  # never run: the median of its group
+    assert again.expected("ppo@a-0") == 180.0  # a failed run is not a timing: every known stage
+    # (120 s x 2 cores + 240 s x 2 cores) over 2 cores = 6 min
+    assert again.left({"rm@a-0", "rm@b-0"}) == ", ~6 min left"
+
+    root = _project(tmp_path, _stage("a", [], sleep=0.1) + _stage("b", ["a.txt"], sleep=0.1))
+    (root / "logs").mkdir()
+    (root / "logs" / "history.json").write_text('{"a": 60, "b": 600}')
+    monkeypatch.chdir(root)
+    stages, stale = load_stages(root, PARAMS)
+    lines = []
+    execute(stages, plan(stages, stale), 1, dvc=DVC, log_dir=root / "logs", echo=lines.append)
+    done = [x for x in lines if " done " in x]
+    assert "(1/2 done, ~10 min left)" in done[0] and "(2/2 done)" in done[1], done
+
+
+def test_a_program_missing_from_path_is_named_before_anything_runs(tmp_path, monkeypatch, capsys):
+    from study.pipeline import Stage, main, missing_tools
+
+    st = {"a": Stage("a", cmd="mkdir -p x && no-such-tool-xyz run 'a b' && echo ok")}
+    assert missing_tools(st, {"a"}) == ["no-such-tool-xyz"]
+    root = _project(tmp_path, _stage("a", []).replace("cmd: echo", "cmd: no-such-tool-xyz && echo"))
+    monkeypatch.chdir(root)
+    (root / "params.yaml").write_text("profile: default\n")
+    monkeypatch.setattr("study.config.load_params", lambda _p: PARAMS)
+    assert main(["--engine", "local"]) == 2
+    assert "need no-such-tool-xyz, not found on PATH" in capsys.readouterr().err
+    assert not (root / "events").exists()
