@@ -311,3 +311,11 @@ def test_the_figure_stages_name_a_missing_column(project, tmp_path, notebook, ta
     assert f"missing column(s) {column}" in out.stderr + out.stdout
     after = {p: p.stat().st_mtime for p in (tmp_path / "figures").iterdir()}
     assert after == before  # nothing written
+
+
+def test_the_smoke_report_opens_in_a_browser_and_every_link_resolves(project):
+    from tests.test_report_browser import check_report
+
+    root, _ = project
+    claims = pd.read_csv(root / "results/report/claims.csv")
+    check_report(root / "reports/index.html", claims, links_exist=True)
