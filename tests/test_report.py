@@ -75,3 +75,25 @@ def test_heads_claims_pair_the_seeds_of_each_k():
     enough = t[t["claim"] == "Three heads are enough"].iloc[0]
     # differences -0.05, -0.057, -0.064: interval -0.057 ± 0.017, inside ±0.2
     assert enough["verdict"] == "supported"
+
+
+def test_provenance_names_the_commit_and_uncommitted_code(tmp_path, monkeypatch):
+    import subprocess
+
+    from study.report import provenance
+
+    monkeypatch.chdir(tmp_path)
+    assert provenance() == "no git commit"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    assert provenance() == f"commit {head}"
+    (tmp_path / "results.csv").write_text("a\n")  # an output, untracked: not the code
+    assert provenance() == f"commit {head}"
+    (tmp_path / "study" / "a.py").write_text("x = 2\n")
+    assert provenance() == f"commit {head}, plus uncommitted changes"
