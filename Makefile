@@ -44,6 +44,11 @@ FIGURE_STAGES := ppo_summary aggregations replicate report
 figures: setup
 	$(BIN)/dvc repro --single-item --allow-missing --force $(FIGURE_STAGES)
 
+# a five-minute taste: the pipeline on one seed of a reduced world, three arms and gold (study/demo.py),
+# in a copy of the project; writes demo/index.html
+demo: setup
+	$(BIN)/python -m study.demo
+
 # JupyterLab on the notebooks; each reads the committed tables, or the DVC cache after `make study`
 lab: setup
 	$(BIN)/jupyter lab notebooks/

@@ -50,3 +50,23 @@ def provenance(paths: Sequence[str] = ("study", "notebooks", "params.yaml", "dvc
         return "no git commit"
     dirty = git("status", "--porcelain", "--untracked-files=no", "--", *paths).stdout.strip()
     return f"commit {head.stdout.strip()}" + (", plus uncommitted changes" if dirty else "")
+
+
+def headline_metrics(
+    runs: pd.DataFrame, bon: pd.DataFrame, claims: pd.DataFrame, kl_levels: Sequence[float]
+) -> dict:
+    """The dozen numbers `dvc metrics show` lists: the largest KL level every seed of every PPO
+    variant reached and each variant's mean gold there; each PPO variant's mean best-of-n gold at
+    the largest n; and how many claims got each verdict."""
+    require_columns(runs, ("variant", "seed"), "PPO runs")
+    require_columns(bon, ("variant", "seed", "n", "gold"), "best-of-n curves")
+    reached = [x for x in kl_levels if runs[f"gold_at_kl{x:g}"].notna().all()]
+    out: dict = {"matched_kl": max(reached) if reached else None}
+    if reached:
+        col = f"gold_at_kl{max(reached):g}"
+        out["ppo_gold_at_matched_kl"] = runs.groupby("variant", sort=False)[col].mean().to_dict()
+    top = bon[(bon["n"] == bon["n"].max()) & bon["variant"].isin(runs["variant"].unique())]
+    out["bon_gold_at_max_n"] = top.groupby("variant", sort=False)["gold"].mean().to_dict()
+    verdicts = claims["verdict"].str.split(" (", regex=False).str[0].value_counts()
+    out["verdicts"] = {k: int(v) for k, v in verdicts.items()}
+    return out

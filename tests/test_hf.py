@@ -235,14 +235,15 @@ def test_grpo_trains_a_few_steps_on_the_min_over_heads(exported, policy_dir, tok
 
 
 def test_the_readme_snippets_run(exported, policy_dir, tmp_path, monkeypatch, capsys):
-    """The README's 'Use the reward models elsewhere' code blocks, run on a toy checkpoint and
-    policy (the paths swapped for them, GRPO cut to one step)."""
+    """The code blocks of docs/huggingface.md (the README's pointer for using the reward models
+    elsewhere), run on a toy checkpoint and policy (the paths swapped for them, GRPO cut to one
+    step)."""
     import re
 
     from tests.conftest import ROOT
 
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Use the reward models elsewhere", 1)[1].split("\n## ", 1)[0]
+    section = (ROOT / "docs" / "huggingface.md").read_text()
+    assert "docs/huggingface.md" in (ROOT / "README.md").read_text()  # the README points to it
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(blocks) == 2
     code = "\n".join(blocks)
@@ -256,7 +257,7 @@ def test_the_readme_snippets_run(exported, policy_dir, tmp_path, monkeypatch, ca
         code = code.replace(old, new)
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)
+    exec(compile(code, "docs/huggingface.md", "exec"), scope)
     printed = capsys.readouterr().out
     assert re.search(r"\[-?\d+\.\d+\]", printed), printed
     assert scope["trainer"].state.global_step == 1

@@ -285,3 +285,19 @@ def test_no_published_output_is_git_ignored():
         cwd=ROOT, capture_output=True, text=True,
     ).stdout  # fmt: skip
     assert not ignored, "published outputs that git ignores:\n" + ignored
+
+
+def test_the_table_plots_read_committed_columns_and_metrics_are_the_headline_only():
+    import pandas as pd
+
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    table_plots = [next(iter(p.values())) for p in spec["plots"] if isinstance(p, dict)]
+    assert table_plots, "no plot drawn by DVC from a table"
+    for plot in table_plots:
+        for path, column in plot["y"].items():
+            cols = pd.read_csv(ROOT / path, nrows=1).columns  # committed: a fresh clone plots it
+            assert {plot["x"], column} <= set(cols), (path, plot["x"], column)
+    metrics = [m for s in spec["stages"].values() for m in s.get("metrics", [])]
+    assert [next(iter(m)) if isinstance(m, dict) else m for m in metrics] == [
+        "results/report/metrics.json"
+    ]

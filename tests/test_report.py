@@ -97,3 +97,25 @@ def test_provenance_names_the_commit_and_uncommitted_code(tmp_path, monkeypatch)
     assert provenance() == f"commit {head}"
     (tmp_path / "study" / "a.py").write_text("x = 2\n")
     assert provenance() == f"commit {head}, plus uncommitted changes"
+
+
+def test_headline_metrics_take_the_level_every_seed_reached():
+    import pandas as pd
+
+    from study.report import headline_metrics
+
+    runs = pd.DataFrame({
+        "variant": ["a", "a", "b", "b"], "seed": [0, 1, 0, 1],
+        "gold_at_kl2": [1.0, 2.0, 3.0, 5.0], "gold_at_kl5": [1.0, 1.0, 2.0, float("nan")],
+    })  # fmt: skip
+    bon = pd.DataFrame({
+        "variant": ["a", "a", "b", "b", "c"], "seed": [0, 1, 0, 1, 0],
+        "n": [256, 256, 256, 8, 256], "gold": [1.0, 2.0, 4.0, 9.0, 7.0],
+    })  # fmt: skip
+    claims = pd.DataFrame({"verdict": ["supported", "inconclusive (level reached by 1/5)",
+                                       "inconclusive", "not supported"]})  # fmt: skip
+    m = headline_metrics(runs, bon, claims, [2.0, 5.0])
+    assert m["matched_kl"] == 2.0  # b's seed 1 never reached KL 5
+    assert m["ppo_gold_at_matched_kl"] == {"a": 1.5, "b": 4.0}
+    assert m["bon_gold_at_max_n"] == {"a": 1.5, "b": 4.0}  # c is no PPO variant; n = 8 is not max
+    assert m["verdicts"] == {"inconclusive": 2, "supported": 1, "not supported": 1}
