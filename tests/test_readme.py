@@ -37,3 +37,24 @@ def test_tables_by_hand():
                          "kl_final": [12.0, 9.5]})  # fmt: skip
     row = matched_kl_block(runs, [10.0]).splitlines()[2]
     assert row == "| `single` | 2 | 1/2 | 1.00 (1/2 reached) | 2.00 ± 12.71 | 9.5–12.0 |"
+
+
+def test_the_readme_claims_are_those_at_the_level_every_seed_reached():
+    import pandas as pd
+
+    from study.readme import headline_claims_block, matched_level
+
+    claims = pd.DataFrame({
+        "claim": ["over", "a", "b", "c", "d", "e"],
+        "measure": ["PPO runs overoptimised (single)", "PPO gold at KL 2", "PPO gold at KL 5",
+                    "PPO gold at KL 10", "BoN gold at the largest n", "PPO final gold"],
+        "measured": ["4 of 5"] * 6, "design": ["paired"] * 6,
+        "verdict": ["supported", "inconclusive", "supported",
+                    "inconclusive (level reached by 1/5 and 5/5 seeds)", "supported", "supported"],
+    })  # fmt: skip
+    assert matched_level(claims) == 5.0
+    block = headline_claims_block(claims)
+    rows = [x.split(" | ")[0].strip("| ") for x in block.splitlines()[2:] if x.startswith("| ")]
+    assert rows == ["over", "b", "d"]
+    assert "3 further rows" in block
+    assert matched_level(claims.iloc[[0, 3]]) is None
