@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -65,6 +66,9 @@ class RunConfig:
     threads: int = _f(2, "torch intra-op threads; fixed so that CPU results repeat bit for bit.")
 
     def __post_init__(self) -> None:
+        _check(
+            self.seed >= 0, "run.seed", f"must be >= 0 (numpy seeds are unsigned), got {self.seed}"
+        )
         _check(self.threads >= 1, "run.threads", "must be >= 1")
 
 
@@ -712,6 +716,12 @@ class Params:
 
     def __post_init__(self) -> None:
         _check(
+            self.bon.n_prompts <= self.world.n_eval_prompts,
+            "bon.n_prompts",
+            f"must be <= world.n_eval_prompts ({self.world.n_eval_prompts}): best-of-n draws its "
+            f"prompts from the held-out ones, got {self.bon.n_prompts}",
+        )
+        _check(
             self.sampling.max_new_tokens < self.sft.max_length,
             "sampling.max_new_tokens",
             f"must be < sft.max_length ({self.sft.max_length}) to leave room for the prompt",
@@ -811,6 +821,8 @@ def _check_section(cls: type, raw: Any, where: str) -> None:
                 raw[key] = value
             except ValueError:
                 pass
+        if hint is float and isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}.{key}: must be a finite number, got {value}")
         if not _type_ok(value, hint):
             name = getattr(hint, "__name__", str(hint))
             raise ConfigError(
@@ -842,7 +854,10 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def params_from_dict(
-    raw: dict[str, Any], profile: str | None = None, where: str = "params"
+    raw: dict[str, Any],
+    profile: str | None = None,
+    where: str = "params",
+    all_profiles: bool = True,
 ) -> Params:
     """Validate a parsed `params.yaml` mapping and resolve one profile (default: its `profile` key)."""
     if not isinstance(raw, dict):
@@ -862,6 +877,10 @@ def params_from_dict(
             )
         _check_profile(value, f"{where}: {key}")
     name = profile if profile is not None else raw.get("profile", "default")
+    if all_profiles:  # a broken profile is found now, not when it is first selected
+        for other in PROFILE_NAMES:
+            if other != name and (other == "default" or other in raw):
+                params_from_dict(raw, profile=other, where=where, all_profiles=False)
     if name not in PROFILE_NAMES:
         raise ConfigError(
             f"{where}: profile: unknown profile {name!r} (known: {', '.join(PROFILE_NAMES)})"
@@ -899,10 +918,29 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None) ->
     if not path.is_file():
         raise ConfigError(f"{path}: parameter file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     return params_from_dict(raw, profile=profile, where=str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping (YAML itself keeps the
+    last silently, so a duplicated parameter would change a run without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1})",
+                    key_node.start_mark,
+                )  # fmt: skip
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 def describe() -> str:

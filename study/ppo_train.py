@@ -521,14 +521,69 @@ def evaluate_policy(
     return row, per_sample
 
 
-def run_fingerprint(params: Params, variant: str, seed: int) -> str:
-    """What a checkpoint must match to be resumed: the resolved parameters, the run and the code
-    of the package (a checkpoint of other settings or older code is discarded, not resumed)."""
-    code = hashlib.sha256()
-    for f in sorted(Path(__file__).parent.rglob("*.py")):
-        code.update(f.read_bytes())
-    blob = json.dumps([params.to_dict(), variant, seed, code.hexdigest()], sort_keys=True)
+def _digest(paths: list[Path]) -> str:
+    """sha256 over the relative names and bytes of every file under `paths`, in a fixed order."""
+    h = hashlib.sha256()
+    for root in paths:
+        files = sorted(f for f in Path(root).rglob("*") if f.is_file()) if root.is_dir() else [root]
+        for f in files:
+            h.update(str(f.relative_to(root.parent)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def run_fingerprint(
+    params: Params, variant: str, seed: int, inputs: list[Path] | tuple[Path, ...] = ()
+) -> str:
+    """What a checkpoint must match to be resumed: the resolved parameters, the run, the code of
+    the package and the bytes of its `inputs` (the SFT policy and the reward model it optimises):
+    a checkpoint made by other settings, older code or another reward model is discarded."""
+    code = _digest(sorted(Path(__file__).parent.rglob("*.py")))
+    data = _digest([Path(p) for p in inputs])
+    blob = json.dumps([params.to_dict(), variant, seed, code, data], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _tables_to_bytes(**tables: pd.DataFrame) -> dict[str, torch.Tensor]:
+    """DataFrames as Parquet bytes in uint8 tensors: what `torch.load(weights_only=True)` reads
+    back exactly (no pickled objects in a checkpoint)."""
+    import io
+
+    out = {}
+    for name, df in tables.items():
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        out[name] = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+    return out
+
+
+def _tables_from_bytes(blobs: dict[str, torch.Tensor]) -> dict[str, pd.DataFrame]:
+    import io
+
+    return {n: pd.read_parquet(io.BytesIO(t.numpy().tobytes())) for n, t in blobs.items()}
+
+
+def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The state saved at `path` if it exists, is readable and was made by this `fingerprint`;
+    otherwise None, with a message. A checkpoint that cannot be read (truncated, corrupt, or not
+    ours: only tensors and plain containers are loaded, never pickled code) is moved aside to
+    `<name>.corrupt` so that the run starts fresh and the file stays for inspection."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=True)
+        if not isinstance(state, dict) or "fingerprint" not in state:
+            raise ValueError("not a PPO checkpoint of this study")
+    except Exception as e:  # any unreadable file: the run must not stop on it
+        aside = path.with_name(path.name + ".corrupt")
+        path.replace(aside)
+        tqdm.write(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e)[:200]}); "
+                   f"moved to {aside.name}, starting afresh")  # fmt: skip
+        return None
+    if state["fingerprint"] != fingerprint:
+        tqdm.write(f"{path}: made by other parameters, code or reward model; starting afresh")
+        return None
+    return state
 
 
 def train_ppo(
@@ -575,19 +630,22 @@ def train_ppo(
     eval_samples: list[pd.DataFrame] = []
     start = 0
     ckpt = run_dir / "checkpoint.pt"
-    fingerprint = run_fingerprint(params, variant, seed)
-    state = torch.load(ckpt, weights_only=False) if ckpt.exists() else None
-    if state is not None and state.get("fingerprint") != fingerprint:
-        tqdm.write(f"{ckpt}: made by other parameters or code; starting afresh")
-        state = None
+    inputs = [world / "policy"]
+    if variant_spec(variant)[0] != "gold":
+        inputs.append(Path(rm_root) / variant_spec(variant)[0] / f"seed{seed}")
+    fingerprint = run_fingerprint(params, variant, seed, inputs)
+    state = load_checkpoint(ckpt, fingerprint)
     if state is not None:
         ac.load_state_dict(state["actor_critic"])
         optimizer.load_state_dict(state["optimizer"])
         if kl_ctl is not None:
             kl_ctl.load_state_dict(state["kl_ctl"])
         normaliser = HeadNormaliser(state["norm_mean"], state["norm_std"])
-        rows, evals, start = state["rows"], state["evals"], state["step"] + 1
-        eval_samples = state["eval_samples"]
+        tables = _tables_from_bytes(state["tables"])
+        rows = tables["rows"].to_dict("records")
+        evals = tables["evals"].to_dict("records")
+        eval_samples = [g for _, g in tables["eval_samples"].groupby("step", sort=True)]
+        start = int(state["step"]) + 1
     else:
         normaliser = fit_normaliser(
             reward_fn, ref, tokenizer, rl, template, sampling, cfg.n_norm_samples,
@@ -599,15 +657,26 @@ def train_ppo(
             policy, ref, tokenizer, reward_fn, normaliser, gold, held_out, template, sampling,
             method, params.reward.uwo_lambda, _seed(params.run.seed, seed, 4),
         )  # fmt: skip
+        bad = {k: v for k, v in row.items() if isinstance(v, float) and not np.isfinite(v)
+               and k in ("kl", "kl_k3", "proxy", "gold")}  # fmt: skip
+        if bad:
+            raise FloatingPointError(
+                f"PPO held-out evaluation at step {step}: {', '.join(f'{k} = {v}' for k, v in bad.items())}; "
+                f"nothing is written, and the last good checkpoint ({ckpt}) is kept"
+            )
         evals.append({"variant": variant, "seed": seed, "step": step, **row})
         eval_samples.append(per_sample.assign(variant=variant, seed=seed, step=step))
 
     def save(step: int) -> None:
+        tables = _tables_to_bytes(
+            rows=pd.DataFrame(rows), evals=pd.DataFrame(evals),
+            eval_samples=pd.concat(eval_samples, ignore_index=True),
+        )  # fmt: skip
         state = {
             "step": step, "actor_critic": ac.state_dict(), "optimizer": optimizer.state_dict(),
             "kl_ctl": kl_ctl.state_dict() if kl_ctl is not None else None,
-            "norm_mean": normaliser.mean, "norm_std": normaliser.std, "rows": rows, "evals": evals,
-            "eval_samples": eval_samples, "fingerprint": fingerprint,
+            "norm_mean": normaliser.mean, "norm_std": normaliser.std, "tables": tables,
+            "fingerprint": fingerprint,
         }  # fmt: skip
         with atomic_path(ckpt) as tmp:
             torch.save(state, tmp)

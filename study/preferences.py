@@ -91,6 +91,8 @@ def validate_preferences(df: pd.DataFrame, where: str) -> pd.DataFrame:
         raise PreferenceDataError(
             f"{where}: missing column(s) {', '.join(missing)} (have: {', '.join(map(str, df.columns))})"
         )
+    if len(df) == 0:
+        raise PreferenceDataError(f"{where}: no preference pairs (0 rows)")
     for col in REQUIRED_COLUMNS:
         for i, v in enumerate(df[col].tolist()):
             if not isinstance(v, str):
@@ -99,6 +101,28 @@ def validate_preferences(df: pd.DataFrame, where: str) -> pd.DataFrame:
                 )
             if not v.strip():
                 raise PreferenceDataError(f"{where}: row {i}: column '{col}' is empty")
+    same = (df["chosen"] == df["rejected"]).to_numpy()
+    if same.any():
+        i = int(np.flatnonzero(same)[0])
+        raise PreferenceDataError(
+            f"{where}: row {i}: 'chosen' and 'rejected' are the same response "
+            f"({int(same.sum())} such row(s)): a pair must compare two responses"
+        )
+    for col in ("gold_chosen", "gold_rejected"):
+        if col in df.columns:
+            bad = ~np.isfinite(pd.to_numeric(df[col], errors="coerce").to_numpy(float))
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise PreferenceDataError(
+                    f"{where}: row {i}: column '{col}' is {df[col].iloc[i]}, not a finite number"
+                )
+    if "pair_id" in df.columns:
+        dup = df["pair_id"].duplicated(keep="first").to_numpy()
+        if dup.any():
+            i = int(np.flatnonzero(dup)[0])
+            raise PreferenceDataError(
+                f"{where}: row {i}: pair_id {df['pair_id'].iloc[i]} appears more than once"
+            )
     if "label" in df.columns:
         bad = ~df["label"].isin(["chosen", "rejected"])
         if bad.any():

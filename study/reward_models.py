@@ -22,6 +22,7 @@ from typing import Protocol
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from torch.func import functional_call, stack_module_state
 from transformers import (
     AutoConfig,
@@ -192,15 +193,26 @@ def load_reward_model(
 
     vectorize: score an ensemble's members with vmap (True) or one after the other (False)."""
     path = Path(path)
+
+    def load(d: Path) -> MultiHeadRewardModel:
+        try:
+            return AutoModelForSequenceClassification.from_pretrained(d).eval()
+        except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+            raise RewardModelError(
+                f"{d}: cannot read the reward model's files ({type(e).__name__}: {str(e)[:200]}); "
+                "a truncated or corrupt checkpoint: rerun the stage that wrote it "
+                "(dvc repro --force <its rm stage>)"
+            ) from e
+
     if (path / ENSEMBLE_MANIFEST).is_file():
-        manifest = json.loads((path / ENSEMBLE_MANIFEST).read_text())
-        members = [
-            AutoModelForSequenceClassification.from_pretrained(path / name).eval()
-            for name in manifest["members"]
-        ]
-        model: RewardModel = EnsembleRewardModel(members, vectorize)
+        try:
+            manifest = json.loads((path / ENSEMBLE_MANIFEST).read_text())
+            names = list(manifest["members"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise RewardModelError(f"{path / ENSEMBLE_MANIFEST}: unreadable ({e})") from e
+        model: RewardModel = EnsembleRewardModel([load(path / n) for n in names], vectorize)
     elif (path / "config.json").is_file():
-        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        model = load(path)
         if not isinstance(model, MultiHeadRewardModel):
             raise RewardModelError(f"{path}: not a study reward model ({type(model).__name__})")
     else:

@@ -44,6 +44,9 @@ from study.rm_eval import accuracy_table, head_diversity, rewards_frame
 from study.world.build import load_preferences
 
 TRAINING_FILE = "training.json"
+# pairs whose two sides read the same tokens after truncation carry no preference; at this share
+# of the pairs the cut (reward.max_length) is an error, not a setting
+MAX_IDENTICAL_SHARE = 0.5
 
 
 @dataclass
@@ -66,13 +69,22 @@ def encode_pairs(
     chosen_fin = df["chosen_finished"] if "chosen_finished" in df else [True] * len(df)
     rejected_fin = df["rejected_finished"] if "rejected_finished" in df else [True] * len(df)
     flipped = df["flipped"].to_numpy(bool) if "flipped" in df else np.zeros(len(df), bool)
-    return EncodedPairs(
+    pairs = EncodedPairs(
         chosen=encode(tokenizer, queries, df["chosen"].tolist(), list(chosen_fin), max_length),
         rejected=encode(
             tokenizer, queries, df["rejected"].tolist(), list(rejected_fin), max_length
         ),
         flipped=flipped,
     )
+    same = sum(c == r for c, r in zip(pairs.chosen, pairs.rejected, strict=True))
+    if len(pairs) and same / len(pairs) >= MAX_IDENTICAL_SHARE:
+        raise ValueError(
+            f"reward.max_length = {max_length}: {same} of {len(pairs)} pairs read the same tokens "
+            f"on both sides once cut to it (the prompts alone take up to "
+            f"{max(len(tokenizer(q)['input_ids']) for q in queries)} tokens); a reward model "
+            "would learn nothing from them: raise reward.max_length"
+        )
+    return pairs
 
 
 def resample_weights(n: int, k: int, mode: str, generator: torch.Generator) -> torch.Tensor:

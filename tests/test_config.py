@@ -82,6 +82,19 @@ def test_params_are_frozen():
         (lambda r: r.update(profile="huge"), "unknown profile 'huge'"),
         (lambda r: r.pop("default"), "missing the 'default' profile"),
         (lambda r: r["default"].pop("gold"), "default: missing section(s) gold"),
+        (lambda r: r["default"]["run"].update(seed=-1), "run.seed: must be >= 0"),
+        (lambda r: r["default"]["ppo"].update(lr=float("inf")), "default.ppo.lr: must be a finite"),
+        (
+            lambda r: r["default"]["ppo"].update(kl_coef="nan"),
+            "default.ppo.kl_coef: must be a finite",
+        ),
+        (
+            lambda r: r["default"]["bon"].update(n_prompts=500),
+            "bon.n_prompts: must be <= world.n_eval_prompts (128)",
+        ),
+        # the selected profile is default: a broken paper block is found all the same
+        (lambda r: r["paper"].setdefault("ppo", {}).update(steps="x"), "paper.ppo.steps: expected int"),
+        (lambda r: r["paper"].setdefault("bon", {}).update(n_prompts=10**6), "(profile paper): bon.n_prompts"),
     ],
 )
 def test_bad_files_are_rejected_with_the_key_and_the_file(tmp_path, mutate, fragment):
@@ -134,3 +147,11 @@ def test_dataclass_defaults_agree_with_the_default_profile():
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             assert RAW["default"][section][f.name] == field_default(f), f"{section}.{f.name}"
+
+
+def test_a_key_written_twice_is_an_error_naming_both_lines(tmp_path):
+    text = (ROOT / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("  ppo:\n    steps:", "  ppo:\n    kl_coef: 0.9\n    steps:", 1))
+    with pytest.raises(ConfigError, match=r"not valid YAML: .*'kl_coef' appears twice"):
+        load_params(path)

@@ -93,3 +93,81 @@ def test_ppo_killed_at_a_random_point_resumes_bit_for_bit_in_a_new_process(world
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "the resumed policy's weights differ"
     assert not (tmp_path / "killed" / "checkpoint" / "checkpoint.pt").exists()  # cleaned up
+
+
+def _train(world: Path, run_dir: Path, stop_after: int | None = None, params=None):
+    from study.ppo_train import train_ppo
+
+    return train_ppo(params or fault_params(), VARIANT, SEED, world / "world", world / "rm",
+                     run_dir, progress=False, stop_after=stop_after)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_nan_in_the_held_out_evaluation_stops_the_run(world, tmp_path, monkeypatch):
+    import study.ppo_train as pt
+
+    real = pt.evaluate_policy
+    calls = []
+
+    def nan_at_second(*args, **kwargs):
+        row, per_sample = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            row = {**row, "gold": float("nan")}
+        return row, per_sample
+
+    monkeypatch.setattr(pt, "evaluate_policy", nan_at_second)
+    with pytest.raises(FloatingPointError, match=r"held-out evaluation at step 2: gold = nan"):
+        _train(world, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_reward_model_is_not_resumed(world, tmp_path, capsys):
+    import shutil
+
+    from study.ppo_train import load_checkpoint
+
+    _train(world, tmp_path / "run", stop_after=2)  # checkpoint at step 1
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+    # the same world and parameters, the reward model's weights retrained (here: perturbed)
+    other = tmp_path / "other"
+    shutil.copytree(world, other)
+    rm_file = next((other / "rm" / "multihead" / f"seed{SEED}").glob("*.safetensors"))
+    weights = load_file(rm_file)
+    key = next(k for k in weights if k.startswith("score"))
+    weights[key] = weights[key] + 0.01
+    from safetensors.torch import save_file
+
+    save_file(weights, rm_file, metadata={"format": "pt"})
+    from study.ppo_train import run_fingerprint
+
+    p = fault_params()
+    same = run_fingerprint(
+        p, VARIANT, SEED, [world / "world" / "policy", world / "rm" / "multihead" / f"seed{SEED}"]
+    )
+    moved = run_fingerprint(p, VARIANT, SEED, [other / "world" / "policy", rm_file.parent])
+    assert same != moved
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt", moved) is None
+    assert "other parameters, code or reward model" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt", same) is not None
+
+
+def test_a_corrupt_or_foreign_checkpoint_is_moved_aside_and_the_run_starts_fresh(tmp_path, capsys):
+    from study.ppo_train import load_checkpoint
+
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(b"PK\x03\x04 truncated")
+    assert load_checkpoint(ckpt, "abc") is None
+    assert not ckpt.exists() and (tmp_path / "checkpoint.pt.corrupt").exists()
+    assert "unreadable checkpoint" in capsys.readouterr().out
+
+    class Payload:  # a pickled object: weights_only refuses it instead of running its code
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    torch.save({"fingerprint": "abc", "x": Payload()}, ckpt)
+    assert load_checkpoint(ckpt, "abc") is None
+    out = capsys.readouterr().out
+    assert "code ran" not in out and "unreadable checkpoint" in out
+    torch.save({"fingerprint": "abc", "step": 3}, ckpt)
+    assert load_checkpoint(ckpt, "abc") == {"fingerprint": "abc", "step": 3}

@@ -63,3 +63,29 @@ def test_reading_an_unbuilt_world_names_the_missing_file(tmp_path):
         load_summary(tmp_path)
     with pytest.raises(MissingArtifactError, match=r"preferences/val\.parquet: missing artifact"):
         load_preferences(tmp_path, "val")
+
+
+def test_a_temporary_left_by_a_killed_write_is_removed_by_the_next_write(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from study.io import write_text
+
+    target = tmp_path / "table.csv"
+    code = (
+        "import sys, time\nfrom study.io import atomic_path\n"
+        f"with atomic_path({str(target)!r}) as tmp:\n"
+        "    tmp.write_text('half')\n    print('writing', flush=True)\n    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)  # no finally runs: the temporary stays
+    proc.wait()
+    time.sleep(0.1)
+    assert not target.exists() and len(list(tmp_path.glob(".table.csv.*.tmp"))) == 1
+    (tmp_path / ".other.csv.x.tmp").mkdir()  # another file's write in progress: not touched
+    write_text(target, "whole")
+    assert target.read_text() == "whole"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == [".other.csv.x.tmp"]

@@ -100,6 +100,10 @@ def test_a_well_formed_frame_validates():
         (lambda d: d.assign(label=["chosen", "better"]), "row 1: column 'label' is 'better'"),
         (lambda d: d.assign(flipped=[0, 1]), "column 'flipped' must be boolean"),
         (lambda d: d.assign(flipped=[True, False]), "row 0: 'flipped' is True but gold says"),
+        (lambda d: d.iloc[:0], "no preference pairs (0 rows)"),
+        (lambda d: d.assign(rejected=d["chosen"]), "row 0: 'chosen' and 'rejected' are the same"),
+        (lambda d: d.assign(gold_chosen=[1.0, float("nan")]), "row 1: column 'gold_chosen' is nan"),
+        (lambda d: d.assign(pair_id=[7, 7]), "row 1: pair_id 7 appears more than once"),
     ],
 )
 def test_malformed_rows_are_named(mutate, fragment):

@@ -347,3 +347,26 @@ def test_a_saved_reward_model_loads_in_a_fresh_python_without_the_study(policy_d
         got = torch.tensor(loaded[d])
         assert got.shape == e.shape
         assert (got - e).abs().max() <= 1e-5, d
+
+
+def test_a_max_length_that_cuts_every_pair_to_its_prompt_is_an_error(tokenizer, pairs_df):
+    prompt_len = min(
+        len(tokenizer(TEMPLATE.format(prompt=p))["input_ids"]) for p in pairs_df["prompt"]
+    )
+    with pytest.raises(
+        ValueError, match=r"reward.max_length = \d+: \d+ of \d+ pairs read the same"
+    ):
+        encode_pairs(tokenizer, pairs_df, TEMPLATE, prompt_len)
+    enc = encode_pairs(tokenizer, pairs_df, TEMPLATE, 512)  # long enough: the pairs differ
+    assert all(c != r for c, r in zip(enc.chosen, enc.rejected, strict=True))
+
+
+def test_a_truncated_checkpoint_is_named_with_what_to_do(policy_dir, tokenizer, tmp_path):
+    ensemble = EnsembleRewardModel(
+        [build_reward_model("policy", policy_dir, 1, seed=s) for s in range(2)]
+    )
+    save_reward_model(ensemble, tokenizer, tmp_path / "ens", {})
+    weights = sorted((tmp_path / "ens").rglob("*.safetensors"))[-1]
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(RewardModelError, match=r"truncated or corrupt checkpoint.*dvc repro"):
+        load_reward_model(tmp_path / "ens")

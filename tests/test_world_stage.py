@@ -69,6 +69,14 @@ def test_same_seed_same_world(two_builds):
     )
 
 
+def test_same_seed_same_bytes_so_a_rebuilt_world_leaves_later_stages_up_to_date(two_builds):
+    a, b = two_builds
+    files = sorted(f.relative_to(a) for f in a.rglob("*") if f.is_file())
+    assert files == sorted(f.relative_to(b) for f in b.rglob("*") if f.is_file())
+    differ = [str(f) for f in files if (a / f).read_bytes() != (b / f).read_bytes()]
+    assert not differ, f"rebuilt with the same seed, these files differ: {differ}"
+
+
 def _copy_project(dst: Path) -> None:
     for name in ("study", "notebooks", "dvc.yaml", "params.yaml", "pyproject.toml"):
         src = ROOT / name

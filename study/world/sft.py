@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -120,7 +119,6 @@ def train_sft(
     history = []
     batches: list[np.ndarray] = []
     model.train()
-    t0 = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="sft", disable=not progress, mininterval=2.0)
     for step in bar:
         if not batches:
@@ -145,7 +143,6 @@ def train_sft(
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             row["val_loss"] = eval_loss(model, *val)
             bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{row['val_loss']:.3f}")
-        row["elapsed_s"] = time.perf_counter() - t0
         history.append(row)
     model.eval()
     return pd.DataFrame(history)
