@@ -93,8 +93,14 @@ def test_params_are_frozen():
             "bon.n_prompts: must be <= world.n_eval_prompts (128)",
         ),
         # the selected profile is default: a broken paper block is found all the same
-        (lambda r: r["paper"].setdefault("ppo", {}).update(steps="x"), "paper.ppo.steps: expected int"),
-        (lambda r: r["paper"].setdefault("bon", {}).update(n_prompts=10**6), "(profile paper): bon.n_prompts"),
+        (
+            lambda r: r["paper"].setdefault("ppo", {}).update(steps="x"),
+            "paper.ppo.steps: expected int",
+        ),
+        (
+            lambda r: r["paper"].setdefault("bon", {}).update(n_prompts=10**6),
+            "(profile paper): bon.n_prompts",
+        ),
     ],
 )
 def test_bad_files_are_rejected_with_the_key_and_the_file(tmp_path, mutate, fragment):
