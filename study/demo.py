@@ -27,9 +27,9 @@ import yaml
 
 # what the demo changes in the default profile (everything else is the study's own)
 DEMO = {
-    "world": {"corpus_size": 8000, "n_rl_prompts": 512, "n_eval_prompts": 48},
-    "sft": {"steps": 700, "eval_every": 350},
-    "preferences": {"n_pairs": 2000, "n_samples_report": 200},
+    "world": {"corpus_size": 6000, "n_rl_prompts": 512, "n_eval_prompts": 64},
+    "sft": {"steps": 500, "eval_every": 250},
+    "preferences": {"n_pairs": 1200, "n_samples_report": 200},
     "reward": {"k": 3},
     "ppo": {"steps": 30, "batch_size": 48, "n_norm_samples": 96, "checkpoint_every": 30},
 }

@@ -29,7 +29,7 @@ def test_the_copy_is_a_project_of_its_own(tmp_path):
     copy_project(ROOT, tmp_path)
     assert (tmp_path / ".git").is_dir() and (tmp_path / ".dvc").is_dir()
     assert (tmp_path / "dvc.yaml").read_text() == (ROOT / "dvc.yaml").read_text()
-    assert load_params(tmp_path / "params.yaml").world.corpus_size == 8000
+    assert load_params(tmp_path / "params.yaml").world.corpus_size == DEMO["world"]["corpus_size"]
     assert not (tmp_path / "results").exists()  # nothing of the study's own results
 
 
