@@ -134,9 +134,32 @@ def write_csv(path: str | Path, df: pd.DataFrame) -> Path:
     return write_text(path, df.to_csv(index=False))
 
 
-def save_figure(fig: Any, path: str | Path, dpi: int = 130) -> Path:
-    """Save a matplotlib figure atomically (the format follows the suffix)."""
+CODE_PATHS = ("study", "notebooks", "params.yaml", "dvc.yaml")
+
+
+def code_revision(paths: tuple[str, ...] = CODE_PATHS) -> str:
+    """The commit whose code made a published file: 'commit abc1234', with ', plus uncommitted
+    changes' when `paths` differ from it (outputs being written do not count), or 'no git
+    commit' outside a repository with one."""
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=False)
+
+    head = git("rev-parse", "--short=10", "HEAD")
+    if head.returncode != 0:
+        return "no git commit"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", *paths).stdout.strip()
+    return f"commit {head.stdout.strip()}" + (", plus uncommitted changes" if dirty else "")
+
+
+def save_figure(fig: Any, path: str | Path, profile: str | None = None, dpi: int = 130) -> Path:
+    """Save a matplotlib figure atomically (the format follows the suffix), recording in the
+    file's metadata the commit and the profile that made it."""
     path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    made_by = f"study ({code_revision()}, profile {profile or 'as selected in params.yaml'})"
+    key = {"png": "Description", "svg": "Description", "pdf": "Subject"}.get(fmt)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip("."))
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt,
+                    metadata={key: made_by} if key else None)  # fmt: skip
     return path

@@ -37,20 +37,6 @@ def rloo_summary(log: pd.DataFrame, window: int = 10) -> dict[str, float]:
     }
 
 
-def provenance(paths: Sequence[str] = ("study", "notebooks", "params.yaml", "dvc.yaml")) -> str:
-    """The commit whose code made a published file: 'commit abc1234', with ', plus uncommitted
-    changes' when `paths` differ from it, or 'no git commit' outside a repository with one."""
-    import subprocess
-
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=False)
-
-    head = git("rev-parse", "--short=10", "HEAD")
-    if head.returncode != 0:
-        return "no git commit"
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", *paths).stdout.strip()
-    return f"commit {head.stdout.strip()}" + (", plus uncommitted changes" if dirty else "")
-
 
 def headline_metrics(
     runs: pd.DataFrame, bon: pd.DataFrame, claims: pd.DataFrame, kl_levels: Sequence[float]

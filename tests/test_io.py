@@ -89,3 +89,43 @@ def test_a_temporary_left_by_a_killed_write_is_removed_by_the_next_write(tmp_pat
     write_text(target, "whole")
     assert target.read_text() == "whole"
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == [".other.csv.x.tmp"]
+
+
+def test_code_revision_names_the_commit_and_uncommitted_code(tmp_path, monkeypatch):
+    import subprocess
+
+    from study.io import code_revision as provenance
+
+    monkeypatch.chdir(tmp_path)
+    assert provenance() == "no git commit"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    assert provenance() == f"commit {head}"
+    (tmp_path / "results.csv").write_text("a\n")  # an output, untracked: not the code
+    assert provenance() == f"commit {head}"
+    (tmp_path / "study" / "a.py").write_text("x = 2\n")
+    assert provenance() == f"commit {head}, plus uncommitted changes"
+
+
+def test_a_figure_records_the_commit_and_profile_that_made_it(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from study.io import save_figure
+
+    monkeypatch.chdir(tmp_path)  # no git here
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    save_figure(fig, tmp_path / "f.png", "smoke")
+    plt.close(fig)
+    made_by = Image.open(tmp_path / "f.png").text["Description"]
+    assert made_by == "study (no git commit, profile smoke)"

@@ -77,28 +77,6 @@ def test_heads_claims_pair_the_seeds_of_each_k():
     assert enough["verdict"] == "supported"
 
 
-def test_provenance_names_the_commit_and_uncommitted_code(tmp_path, monkeypatch):
-    import subprocess
-
-    from study.report import provenance
-
-    monkeypatch.chdir(tmp_path)
-    assert provenance() == "no git commit"
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    (tmp_path / "study").mkdir()
-    (tmp_path / "study" / "a.py").write_text("x = 1\n")
-    subprocess.run([*git, "add", "."], check=True)
-    subprocess.run([*git, "commit", "-qm", "c"], check=True)
-    head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True,
-                          text=True, check=True).stdout.strip()  # fmt: skip
-    assert provenance() == f"commit {head}"
-    (tmp_path / "results.csv").write_text("a\n")  # an output, untracked: not the code
-    assert provenance() == f"commit {head}"
-    (tmp_path / "study" / "a.py").write_text("x = 2\n")
-    assert provenance() == f"commit {head}, plus uncommitted changes"
-
-
 def test_headline_metrics_take_the_level_every_seed_reached():
     import pandas as pd
 
