@@ -182,13 +182,12 @@ def run_ours(work: Path, out: Path, side: str = "ours") -> None:
     from study.hub import load_tokenizer
     from study.ppo_train import (
         ActorCritic,
-        HeadNormaliser,
         make_optimizer,
         make_rollout,
         ppo_update,
-        proxy_reward_fn,
         set_learning_rates,
     )
+    from study.proxy import HeadNormaliser, proxy_reward_fn
     from study.reward_models import build_reward_model
 
     prompts = json.loads((work / "prompts.json").read_text())["prompts"]

@@ -25,7 +25,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from study.config import load_params
 from study.generation import format_queries, sample
-from study.world.build import load_preferences, make_gold
+from study.hub import make_gold
+from study.preferences import load_preferences
 
 
 def encode_pairs(tok, queries, responses, finished):

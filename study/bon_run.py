@@ -22,10 +22,9 @@ from study.aggregate import METHODS, aggregate, head_correlation
 from study.bon import bon_curve
 from study.config import Params
 from study.generation import format_queries, sample
-from study.hub import load_tokenizer
+from study.hub import load_tokenizer, make_gold
 from study.io import provenance, read_table, require, write_csv, write_json, write_table
 from study.proxy import Scored, family_reward_fn, variant_spec
-from study.world.build import make_gold
 
 
 def bon_ns(n_samples: int) -> list[int]:

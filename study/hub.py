@@ -22,8 +22,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from study.config import Params
 from study.io import MissingArtifactError
-from study.world.gold import GoldScores
+from study.world.gold import EmbeddedGold, GoldReward, GoldScores
 
 TABLE_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 
@@ -162,3 +163,10 @@ class HubGold:
             out.append(self.model(**enc.to(self.device)).logits[:, 0].float().cpu())
         total = torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
         return GoldScores(total=total, contributions={"model": total.copy()})
+
+
+def make_gold(params: Params) -> GoldReward:
+    """The gold reward named by `sources.gold`: the embedded world's, or a hub reward model."""
+    if params.sources.gold == "embedded":
+        return EmbeddedGold(params.gold)
+    return HubGold(params.sources.gold, params.sources.prompt_template)

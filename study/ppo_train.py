@@ -35,7 +35,7 @@ from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel, PreTr
 from study.aggregate import aggregate, head_correlation
 from study.config import Params, SamplingConfig
 from study.generation import Samples, format_queries, sample
-from study.hub import load_tokenizer
+from study.hub import load_tokenizer, make_gold
 from study.io import (
     atomic_path,
     provenance,
@@ -58,20 +58,16 @@ from study.ppo import (
     value_loss,
     whiten,
 )
-from study.proxy import (  # noqa: F401  (re-exported: the names PPO's callers know it by)
+from study.proxy import (
     HeadNormaliser,
     RewardFn,
     Scored,
     _seed,
-    family_reward_fn,
     fit_normaliser,
-    gold_reward_fn,
-    proxy_reward_fn,
     trim_responses,
     variant_reward_fn,
     variant_spec,
 )
-from study.world.build import make_gold
 from study.world.gold import GoldReward, GoldScores
 
 

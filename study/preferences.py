@@ -9,10 +9,12 @@ where not flipped and `rejected` where flipped.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from study.io import read_table
 from study.world.gold import GoldReward
 
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
@@ -146,16 +148,7 @@ def validate_preferences(df: pd.DataFrame, where: str) -> pd.DataFrame:
     return df
 
 
-def clean_labels(df: pd.DataFrame) -> pd.DataFrame:
-    """The same pairs with the flips undone: `chosen` is the gold-preferred response."""
-    out = df.copy()
-    f = out["flipped"].to_numpy()
-    for a, b in (
-        ("chosen", "rejected"),
-        ("chosen_finished", "rejected_finished"),
-        ("gold_chosen", "gold_rejected"),
-    ):
-        if a in out and b in out:
-            out.loc[f, [a, b]] = out.loc[f, [b, a]].to_numpy()
-    out["flipped"] = False
-    return out
+def load_preferences(world_dir: str | Path, split: str) -> pd.DataFrame:
+    """A validated preference split ('train' or 'val') of a built world."""
+    path = Path(world_dir) / "preferences" / f"{split}.parquet"
+    return validate_preferences(read_table(path, "the world stage"), str(path))

@@ -37,7 +37,6 @@ def rloo_summary(log: pd.DataFrame, window: int = 10) -> dict[str, float]:
     }
 
 
-
 def headline_metrics(
     runs: pd.DataFrame, bon: pd.DataFrame, claims: pd.DataFrame, kl_levels: Sequence[float]
 ) -> dict:

@@ -276,17 +276,3 @@ def score_ids(
         out.append(model.rewards(ids, mask))
     rewards = torch.cat(out, dim=1)  # (K, N) in sorted order
     return rewards[:, torch.argsort(torch.as_tensor(order))]
-
-
-def score_texts(
-    model: Scorer,
-    tokenizer: PreTrainedTokenizerBase,
-    queries: Sequence[str],
-    responses: Sequence[str],
-    finished: Sequence[bool],
-    max_length: int,
-    batch_size: int = 256,
-) -> torch.Tensor:
-    """Rewards (K, N) of N (query, response) texts."""
-    seqs = encode(tokenizer, queries, responses, finished, max_length)
-    return score_ids(model, seqs, tokenizer.pad_token_id, batch_size)

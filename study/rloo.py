@@ -61,7 +61,7 @@ from study.aggregate import aggregate
 from study.config import Params, RLOOConfig
 from study.generation import format_queries, left_pad
 from study.hf import RewardCallInfo, RewardFunction, load_bundle
-from study.hub import load_tokenizer
+from study.hub import load_tokenizer, make_gold
 from study.io import atomic_path, read_table, require
 from study.optim import warmup_cosine
 from study.proxy import (
@@ -75,7 +75,6 @@ from study.proxy import (
     variant_spec,
 )
 from study.reward_models import right_pad
-from study.world.build import make_gold
 from study.world.gold import GoldReward
 
 # Seed offsets of this driver's random streams; 1 is the PPO stage's normaliser stream, reused so

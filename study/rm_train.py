@@ -28,6 +28,7 @@ from study.config import Params, RewardConfig, with_override
 from study.hub import load_tokenizer
 from study.io import atomic_path, provenance, write_json, write_table
 from study.optim import length_grouped_batches, warmup_cosine
+from study.preferences import load_preferences
 from study.reward_models import (
     FAMILIES,
     EnsembleRewardModel,
@@ -41,7 +42,6 @@ from study.reward_models import (
 )
 from study.rewards import bt_loss
 from study.rm_eval import accuracy_table, head_diversity, rewards_frame
-from study.world.build import load_preferences
 
 TRAINING_FILE = "training.json"
 # pairs whose two sides read the same tokens after truncation carry no preference; at this share

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2ForSequenceClassi
 from study.config import SFTConfig, params_from_dict
 from study.hub import HubGold, load_policy, load_table, load_tokenizer
 from study.io import MissingArtifactError
-from study.world.build import build_world, load_preferences
+from study.preferences import load_preferences
+from study.world.build import build_world
 from study.world.sft import build_policy
 from tests.test_config import RAW
 

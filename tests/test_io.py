@@ -55,7 +55,8 @@ def test_write_json(tmp_path):
 
 
 def test_reading_an_unbuilt_world_names_the_missing_file(tmp_path):
-    from study.world.build import load_preferences, load_summary
+    from study.preferences import load_preferences
+    from study.world.build import load_summary
 
     with pytest.raises(
         MissingArtifactError, match=r"summary\.json: missing artifact \(made by the world stage"

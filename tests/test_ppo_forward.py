@@ -102,7 +102,8 @@ def test_a_toy_ppo_run_keeps_losses_finite_and_changes_the_weights(tokenizer, va
 
     from study.config import SamplingConfig, SFTConfig
     from study.generation import format_queries, sample
-    from study.ppo_train import HeadNormaliser, make_optimizer, make_rollout, ppo_update
+    from study.ppo_train import make_optimizer, make_rollout, ppo_update
+    from study.proxy import HeadNormaliser
     from study.world.sft import build_policy
 
     policy = build_policy(SFTConfig(n_layer=1, n_embd=32, n_head=2, max_length=64), tokenizer, 0)

@@ -13,7 +13,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from study.world.build import build_world, load_preferences, load_summary
+from study.preferences import load_preferences
+from study.world.build import build_world, load_summary
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

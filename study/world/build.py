@@ -27,10 +27,9 @@ import torch
 
 from study.config import Params
 from study.generation import format_queries, sample
-from study.hub import HubGold, load_policy, load_table, load_tokenizer
-from study.io import atomic_path, provenance, read_table, require, write_json, write_table
+from study.hub import load_policy, load_table, load_tokenizer, make_gold
+from study.io import atomic_path, provenance, require, write_json, write_table
 from study.preferences import assign_splits, label_pairs, validate_preferences
-from study.world.gold import EmbeddedGold, GoldReward
 from study.world.grammar import (
     grammatical_share,
     parse_instruction,
@@ -43,13 +42,6 @@ from study.world.tokenizer import train_tokenizer
 
 # Seed offsets, so that each random stream of the world is independent of the others.
 SEED_CORPUS, SEED_INIT, SEED_DATA, SEED_PROMPTS, SEED_PAIRS, SEED_FLIPS, SEED_SAMPLES = range(7)
-
-
-def make_gold(params: Params) -> GoldReward:
-    """The gold reward named by `sources.gold`."""
-    if params.sources.gold == "embedded":
-        return EmbeddedGold(params.gold)
-    return HubGold(params.sources.gold, params.sources.prompt_template)
 
 
 def _describe_prompts(prompts: list[str]) -> pd.DataFrame:
@@ -284,9 +276,3 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
 def load_summary(world_dir: str | Path) -> dict[str, Any]:
     """The summary that `build_world` wrote."""
     return json.loads(require(Path(world_dir) / "summary.json", "the world stage").read_text())
-
-
-def load_preferences(world_dir: str | Path, split: str) -> pd.DataFrame:
-    """A validated preference split ('train' or 'val') of a built world."""
-    path = Path(world_dir) / "preferences" / f"{split}.parquet"
-    return validate_preferences(read_table(path, "the world stage"), str(path))
