@@ -40,7 +40,6 @@ ARMS = [
     ("full ensemble, min over K members", "ensemble_min", "ppo_min@ensemble-0"),
     ("gold reward (ceiling)", "gold", "ppo_gold@0"),
 ]
-COLOURS = ["#0072B2", "#D55E00", "#009E73", "#666666"]  # Okabe-Ito: colour-blind safe
 PROJECT = ("study", "notebooks", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore")
 
 
@@ -74,18 +73,21 @@ def copy_project(root: Path, work: Path) -> None:
 
 
 def figure(runs: dict[str, pd.DataFrame], path: Path) -> None:
-    """Gold (solid) and the optimised proxy (dashed, right axis) against KL, one colour per arm."""
+    """Held-out gold against KL, one colour per arm."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from study.plotting import colour, use_style
+
+    use_style()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for (label, variant, _), colour in zip(ARMS, COLOURS, strict=True):
+    for label, variant, _ in ARMS:
         e = runs.get(variant)
         if e is None:
             continue
-        ax.plot(e["kl"].clip(lower=0), e["gold"], "o-", color=colour, ms=3, label=label)
+        ax.plot(e["kl"].clip(lower=0), e["gold"], "o-", color=colour(variant), ms=3, label=label)
     ax.set(xlabel="KL(policy || SFT), nats (estimator noise below 0 shown at 0)",
            ylabel="gold reward (held-out prompts)",
            title="Demo (1 seed, reduced world): gold as each arm optimises its reward")  # fmt: skip

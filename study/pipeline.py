@@ -37,6 +37,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -294,7 +295,7 @@ def execute(
                 if rc == 0:
                     done.add(n)
                     echo(f"[{_clock(t_start)}] done  {n} in {t1 - t0:.0f} s "
-                         f"({len(done)}/{len(run)} done{eta.left(run - done)})")  # fmt: skip
+                         f"({len(done)}/{len(run)} done{eta.left(run - done - set(failed))})")  # fmt: skip
                 else:
                     failed.append(n)
                     echo(f"[{_clock(t_start)}] FAILED {n} (exit {rc}); log: {log_dir / f'{n}.log'}")
@@ -597,16 +598,19 @@ class Eta:
             tmp.replace(self.path)
 
 
+SHELL_BUILTINS = {"cd", "export", "set", "exit", "true", "false", "test", "[", "echo", "exec"}
+
+
 def missing_tools(stages: dict[str, Stage], run: set[str]) -> list[str]:
-    """The programs that the commands of `run` start (the first word of each `&&` part) and that
-    are not on PATH."""
+    """The programs that the commands of `run` start (the first word of each part between `&&`,
+    `||`, `;` and `|`, past any `VAR=value`) and that are neither on PATH nor shell builtins."""
     progs = set()
     for n in run:
-        for part in stages[n].cmd.split("&&"):
-            words = shlex.split(part)
+        for part in re.split(r"&&|\|\||;|\|", stages[n].cmd):
+            words = [w for w in shlex.split(part) if not re.match(r"^[A-Za-z_]\w*=", w)]
             if words:
                 progs.add(words[0])
-    return sorted(p for p in progs if shutil.which(p) is None)
+    return sorted(p for p in progs if p not in SHELL_BUILTINS and shutil.which(p) is None)
 
 
 def _clock(t0: float) -> str:
@@ -665,6 +669,14 @@ def main(argv: list[str] | None = None) -> int:
     if not run:
         print("Data and pipelines are up to date.")
         return 0
+    prio = priorities(stages, run)
+    where = f"the Ray cluster at {args.address}" if args.address else f"{args.cores} core(s)"
+    print(f"{len(run)} stage(s) to run on {where} ({args.engine}):")
+    for n in start_order(stages, run, prio):
+        s = stages[n]
+        print(f"  {n}  ({s.cores} core(s){', exclusive' if s.exclusive else ''})")
+    if args.dry:
+        return 0
     # stages run papermill and jupyter from the environment this runner runs in, activated or not
     os.environ["PATH"] = os.pathsep.join(
         [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
@@ -674,14 +686,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the stages' commands need {', '.join(missing)}, not found on PATH "
               f"(install the project: make setup)", file=sys.stderr)  # fmt: skip
         return 2
-    prio = priorities(stages, run)
-    where = f"the Ray cluster at {args.address}" if args.address else f"{args.cores} core(s)"
-    print(f"{len(run)} stage(s) to run on {where} ({args.engine}):")
-    for n in start_order(stages, run, prio):
-        s = stages[n]
-        print(f"  {n}  ({s.cores} core(s){', exclusive' if s.exclusive else ''})")
-    if args.dry:
-        return 0
     t0 = time.time()
 
     def terminate(signum: int, frame: Any) -> None:

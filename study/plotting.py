@@ -6,6 +6,8 @@ An arm's colour follows its family (`single`, `multihead`, `ensemble`, the multi
 
 from __future__ import annotations
 
+import re
+
 # Okabe & Ito (2008), "Color Universal Design"
 OKABE_ITO = {
     "black": "#000000", "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73",
@@ -36,12 +38,14 @@ def _shade(hex_colour: str, factor: float) -> str:
 
 def colour(variant: str) -> str:
     """The colour of an arm or PPO variant: 'ensemble_min', 'multihead-3ep', 'multihead-k8_mean',
-    'single', 'gold'. A sweep arm ('multihead-k8') takes its family's colour; an unknown family
-    is an error (so that no figure falls back to a colour another arm has)."""
+    'single', 'gold'. A head-count arm of the sweep ('multihead-k8') takes its family's colour;
+    any other arm without its own colour is an error (so that no figure silently gives it the
+    colour another arm has)."""
     arm, _, agg = variant.partition("_")
     if agg and agg not in SHADE:
         raise ValueError(f"colour: unknown aggregation {agg!r} in {variant!r}")
-    base = ARM_COLOURS.get(arm) or ARM_COLOURS.get(arm.split("-")[0])
+    sweep = re.fullmatch(r"(.+)-k\d+", arm)  # a head-count arm of the sweep: its family's colour
+    base = ARM_COLOURS.get(arm) or (ARM_COLOURS.get(sweep.group(1)) if sweep else None)
     if base is None:
         raise ValueError(f"colour: no colour for {variant!r} (families: {', '.join(ARM_COLOURS)})")
     return _shade(base, SHADE[agg]) if agg else base

@@ -179,7 +179,8 @@ def _matched_kl(path: Path) -> str:
 
 
 def figures_block(dvc_yaml: Path) -> str:
-    """Which stage and notebook draws each committed figure, from the pipeline's own outs."""
+    """Which stage and notebook draws each figure, from the pipeline's own outs; a figure not
+    made yet says the command that makes it."""
     import yaml
 
     rows = []
@@ -188,8 +189,12 @@ def figures_block(dvc_yaml: Path) -> str:
         for out in stage.get("outs", []):
             path = next(iter(out)) if isinstance(out, dict) else out
             if path.startswith("figures/") and "${" not in path:
-                rows.append({"figure": f"[`{path}`]({path})", "stage": f"`{name}`",
-                             "notebook": f"`{nb.group(1)}`" if nb else ""})  # fmt: skip
+                made = (dvc_yaml.parent / path).exists()
+                rows.append({
+                    "figure": f"[`{path}`]({path})" if made
+                    else f"`{path}` (not made yet: `python -m study.pipeline {name}`)",
+                    "stage": f"`{name}`", "notebook": f"`{nb.group(1)}`" if nb else "",
+                })  # fmt: skip
     return markdown_table(pd.DataFrame(rows))
 
 

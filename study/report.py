@@ -40,9 +40,9 @@ def rloo_summary(log: pd.DataFrame, window: int = 10) -> dict[str, float]:
 def headline_metrics(
     runs: pd.DataFrame, bon: pd.DataFrame, claims: pd.DataFrame, kl_levels: Sequence[float]
 ) -> dict:
-    """The dozen numbers `dvc metrics show` lists: the largest KL level every seed of every PPO
-    variant reached and each variant's mean gold there; each PPO variant's mean best-of-n gold at
-    the largest n; and how many claims got each verdict."""
+    """The headline numbers `dvc metrics show` lists (about fifteen): the largest KL level every
+    seed of every PPO variant reached and each variant's mean gold there; each PPO variant's mean
+    best-of-n gold at its largest n; and how many claims got each verdict."""
     require_columns(runs, ("variant", "seed"), "PPO runs")
     require_columns(bon, ("variant", "seed", "n", "gold"), "best-of-n curves")
     reached = [x for x in kl_levels if runs[f"gold_at_kl{x:g}"].notna().all()]
@@ -50,7 +50,8 @@ def headline_metrics(
     if reached:
         col = f"gold_at_kl{max(reached):g}"
         out["ppo_gold_at_matched_kl"] = runs.groupby("variant", sort=False)[col].mean().to_dict()
-    top = bon[(bon["n"] == bon["n"].max()) & bon["variant"].isin(runs["variant"].unique())]
+    bon = bon[bon["variant"].isin(runs["variant"].unique())]
+    top = bon[bon["n"] == bon.groupby("variant")["n"].transform("max")]
     out["bon_gold_at_max_n"] = top.groupby("variant", sort=False)["gold"].mean().to_dict()
     verdicts = claims["verdict"].str.split(" (", regex=False).str[0].value_counts()
     out["verdicts"] = {k: int(v) for k, v in verdicts.items()}

@@ -36,10 +36,16 @@ def test_the_figure_stages_read_no_model_and_no_cached_file():
         for o in s.get("outs", [])
         if not (isinstance(o, dict) and next(iter(o.values())).get("cache") is False)
     }
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.splitlines()  # fmt: skip
     for name in figure_stages():
         deps = stages[name]["deps"]
         assert not [d for d in deps if d.startswith("artifacts/")], name
         assert not [d for d in deps if d in cached], f"{name} reads a DVC-cached file"
+        # and every one is in git: a fresh clone has it
+        absent = [d for d in deps if not any(f == d or f.startswith(d.rstrip("/") + "/")
+                                             for f in tracked)]  # fmt: skip
+        assert not absent, f"{name} reads files git does not carry: {absent[:5]}"
 
 
 def test_make_figures_on_a_fresh_clone_remakes_the_published_claims(tmp_path):

@@ -338,8 +338,10 @@ def test_the_time_left_comes_from_earlier_runs_and_is_printed_as_stages_end(tmp_
 def test_a_program_missing_from_path_is_named_before_anything_runs(tmp_path, monkeypatch, capsys):
     from study.pipeline import Stage, main, missing_tools
 
-    st = {"a": Stage("a", cmd="mkdir -p x && no-such-tool-xyz run 'a b' && echo ok")}
+    st = {"a": Stage("a", cmd="mkdir -p x && no-such-tool-xyz run 'a b' && echo ok"),
+          "b": Stage("b", cmd="cd x; OMP_NUM_THREADS=1 other-missing-tool -q | sort")}  # fmt: skip
     assert missing_tools(st, {"a"}) == ["no-such-tool-xyz"]
+    assert missing_tools(st, {"a", "b"}) == ["no-such-tool-xyz", "other-missing-tool"]
     root = _project(tmp_path, _stage("a", []).replace("cmd: echo", "cmd: no-such-tool-xyz && echo"))
     monkeypatch.chdir(root)
     (root / "params.yaml").write_text("profile: default\n")

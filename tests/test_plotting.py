@@ -26,5 +26,7 @@ def test_shades_by_hand_and_unknown_names_are_errors():
     assert _shade("#123456", 1.0) == "#123456"
     with pytest.raises(ValueError, match="no colour for 'bayes_min'"):
         colour("bayes_min")
+    with pytest.raises(ValueError, match="no colour for 'multihead-2ep_min'"):
+        colour("multihead-2ep_min")  # a new arm, not a sweep over K: it needs its own colour
     with pytest.raises(ValueError, match="unknown aggregation 'median'"):
         colour("single_median")

@@ -95,5 +95,5 @@ def test_headline_metrics_take_the_level_every_seed_reached():
     m = headline_metrics(runs, bon, claims, [2.0, 5.0])
     assert m["matched_kl"] == 2.0  # b's seed 1 never reached KL 5
     assert m["ppo_gold_at_matched_kl"] == {"a": 1.5, "b": 4.0}
-    assert m["bon_gold_at_max_n"] == {"a": 1.5, "b": 4.0}  # c is no PPO variant; n = 8 is not max
+    assert m["bon_gold_at_max_n"] == {"a": 1.5, "b": 4.0}  # c is no PPO variant; b's max n is 256
     assert m["verdicts"] == {"inconclusive": 2, "supported": 1, "not supported": 1}
