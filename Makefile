@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup study study-agg study-k study-replicate figures lab demo test lint clean
+.PHONY: setup study study-agg study-k study-replicate study-cheap figures lab demo test lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ study-k: setup
 
 study-replicate: setup
 	$(BIN)/python -m study.pipeline replicate
+
+study-cheap: setup
+	$(BIN)/python -m study.pipeline cheap
 
 # the stages that read only committed tables (never a model): every figure notebook that does, the
 # claims and the report, rerun in a minute on a fresh clone (a stage whose cached outputs are absent

@@ -301,6 +301,8 @@ class PreferencesConfig:
 
 RESAMPLING = ("none", "bootstrap", "poisson")
 HEAD_INITS = ("normal", "linear")
+# cheap uncertainty from one trained model (study.cheap_ensembles), and the family it makes
+UNCERTAINTY = {"none": None, "laplace": "multihead", "dropout": "ensemble", "lora": "ensemble"}
 
 
 @dataclass(frozen=True)
@@ -346,6 +348,15 @@ class RewardConfig:
         "The heads' learning rate as a multiple of the encoder's (reward.lr); the authors' heads train at 3e-6 and stay near their initialisation.",
     )
     freeze_encoder: bool = _f(False, "Train the heads only, on the initial encoder's features.")
+    uncertainty: str = _f(
+        "none",
+        "Cheap uncertainty instead of K trained heads or members (study.cheap_ensembles): 'none'; 'laplace' (one single-head model, its K heads drawn from the last-layer Laplace posterior; a multihead arm); 'dropout' (one single-head model, K fixed dropout masks on its MLP units; an ensemble arm); 'lora' (one frozen encoder, K trained low-rank adapters and heads; an ensemble arm).",
+    )
+    laplace_prior: float = _f(
+        1.0, "Prior precision of the Laplace posterior (uncertainty: laplace)."
+    )
+    dropout_rate: float = _f(0.1, "Share of MLP units each member drops (uncertainty: dropout).")
+    lora_rank: int = _f(8, "Rank of each member's adapters (uncertainty: lora).")
     uwo_lambda: float = _f(
         0.5, "Weight of the head variance in UWO (mean - lambda * population variance)."
     )
@@ -366,6 +377,10 @@ class RewardConfig:
                 for k in (2, 3, 8, 10)
             },
             **{f"ensemble-k{k}": {"family": "ensemble", "overrides": [f"k={k}"]} for k in (1, 3)},
+            "multihead-bootstrap": {"family": "multihead", "overrides": ["resample=poisson"]},
+            "multihead-laplace": {"family": "multihead", "overrides": ["uncertainty=laplace"]},
+            "ensemble-dropout": {"family": "ensemble", "overrides": ["uncertainty=dropout"]},
+            "ensemble-lora": {"family": "ensemble", "overrides": ["uncertainty=lora"]},
         },
         "Named reward-model arms beyond the three families: name -> {family, overrides of this section ('key=value')}. A name is '<family>-<tag>'; it trains and is optimised like its family (rm@<name>-<seed>, variant <name>_min).",
     )
@@ -397,6 +412,14 @@ class RewardConfig:
             f"must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}",
         )
         _check(self.head_lr_mult > 0, "reward.head_lr_mult", "must be > 0")
+        _check(
+            self.uncertainty in UNCERTAINTY,
+            "reward.uncertainty",
+            f"must be one of {', '.join(UNCERTAINTY)}, got {self.uncertainty!r}",
+        )
+        _check(self.laplace_prior > 0, "reward.laplace_prior", "must be > 0")
+        _check(0.0 < self.dropout_rate < 1.0, "reward.dropout_rate", "must be in (0, 1)")
+        _check(self.lora_rank >= 1, "reward.lora_rank", "must be >= 1")
         for name, arm in self.arms.items():
             where = f"reward.arms.{name}"
             _check(
@@ -435,7 +458,25 @@ class RewardConfig:
         cfg = self
         for option in self.arms[name]["overrides"]:
             cfg = with_override(cfg, option, f"reward.arms.{name}")
-        return self.arms[name]["family"], cfg
+        family = self.arms[name]["family"]
+        makes = UNCERTAINTY[cfg.uncertainty]
+        _check(
+            makes is None or makes == family,
+            f"reward.arms.{name}",
+            f"uncertainty {cfg.uncertainty} belongs to the family {makes}, not {family}",
+        )
+        return family, cfg
+
+    def encoder_epochs(self, family: str) -> int:
+        """Training compute in passes of the training pairs through a whole encoder (forward and
+        backward): K members x epochs for an ensemble, epochs for one encoder with any number of
+        heads, the one trained model's epochs for the Laplace and dropout arms, K adapters x
+        epochs for LoRA (whose backward pass still runs through the frozen encoder)."""
+        if self.uncertainty in ("laplace", "dropout"):
+            return self.epochs("single")
+        if self.uncertainty == "lora":
+            return self.k * self.epochs("single")
+        return (self.k if family == "ensemble" else 1) * self.epochs(family)
 
     def epochs(self, family: str) -> int:
         """Epochs for a family ('single', 'multihead' or 'ensemble')."""

@@ -243,6 +243,9 @@ def train_family(
     """
     if family not in FAMILIES:
         raise ValueError(f"family: {family!r} is not one of {', '.join(FAMILIES)}")
+    if cfg.uncertainty != "none":
+        return _cheap_family(family, cfg, policy_dir, pairs, base_seed, seed, pad_id, progress,
+                             max_steps)  # fmt: skip
     epochs = cfg.epochs(family)
     n_members, k = {"single": (1, 1), "multihead": (1, cfg.k), "ensemble": (cfg.k, 1)}[family]
     members, histories = [], []
@@ -259,6 +262,37 @@ def train_family(
     else:
         model = members[0]
     return model, pd.concat(histories, ignore_index=True)
+
+
+def _cheap_family(
+    family: str,
+    cfg: RewardConfig,
+    policy_dir: str | Path,
+    pairs: EncodedPairs,
+    base_seed: int,
+    seed: int,
+    pad_id: int,
+    progress: bool,
+    max_steps: int | None,
+) -> tuple[RewardModel, pd.DataFrame]:
+    """K reward functions from one trained model (`reward.uncertainty`, study.cheap_ensembles):
+    a single-head model trained for `epochs_single` epochs, then its Laplace heads (a multi-head
+    model) or its dropout members (an ensemble); or K LoRA members on one frozen encoder."""
+    from study.cheap_ensembles import dropout_members, laplace_heads, lora_members
+
+    if cfg.uncertainty == "lora":
+        return lora_members(cfg, policy_dir, pairs, base_seed, seed, pad_id, rank=cfg.lora_rank,
+                            progress=progress, max_steps=max_steps)  # fmt: skip
+    s = member_seed(base_seed, seed, 0)
+    model = build_reward_model(cfg.encoder, policy_dir, 1, s, cfg.head_init_std, pad_id,
+                               cfg.head_init)  # fmt: skip
+    hist = train_reward_model(model, pairs, cfg, cfg.epochs("single"), s, pad_id, progress,
+                              max_steps).assign(member=0)  # fmt: skip
+    if cfg.uncertainty == "laplace":
+        heads, _ = laplace_heads(model, pairs.chosen, pairs.rejected, pad_id, cfg.k,
+                                 cfg.laplace_prior, s)  # fmt: skip
+        return heads, hist
+    return dropout_members(model, cfg.k, cfg.dropout_rate, s), hist
 
 
 def save_reward_model(
@@ -337,7 +371,8 @@ def run_reward_stage(
         "arm": arm,
         "seed": seed,
         "k": model.k,
-        "epochs": cfg.epochs(family),
+        "epochs": cfg.epochs("single" if cfg.uncertainty != "none" else family),
+        "encoder_epochs": cfg.encoder_epochs(family),
         "train_pairs": len(train),
         "val_pairs": len(val),
         "parameters": num_parameters(model),
@@ -408,7 +443,8 @@ def run_diversity_sweep(
                     "option": option,
                     "family": family,
                     "k": model.k,
-                    "epochs": cfg.epochs(family),
+                    "epochs": cfg.epochs("single" if cfg.uncertainty != "none" else family),
+                    "encoder_epochs": cfg.encoder_epochs(family),
                     **head_diversity(r_c, r_r),
                     "head_acc_clean": heads["acc_clean"].mean(),
                     "min_acc_clean": agg.loc["min", "acc_clean"],

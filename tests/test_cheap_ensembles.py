@@ -153,3 +153,73 @@ def test_laplace_head_counts_are_nested(single, tokenizer):
     three, _ = laplace_heads(single, SEQS_A, SEQS_B, pad, k=3, prior_precision=2.0, seed=4)
     five, _ = laplace_heads(single, SEQS_A, SEQS_B, pad, k=5, prior_precision=2.0, seed=4)
     torch.testing.assert_close(five.score.weight[:3], three.score.weight, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "arm, kind, k",
+    [("multihead-laplace", "MultiHeadRewardModel", 3), ("ensemble-dropout", "EnsembleRewardModel", 3),
+     ("ensemble-lora", "EnsembleRewardModel", 3), ("multihead-bootstrap", "MultiHeadRewardModel", 3)],
+)  # fmt: skip
+def test_each_cheap_arm_trains_through_train_family_into_a_model_the_pipeline_reads(
+    arm, kind, k, tmp_path, tokenizer
+):
+    """The arms of params.yaml: one trained model (or adapters) turned into K reward functions,
+    saved and loaded back like any family, with the K rewards that differ."""
+    import dataclasses
+
+    import numpy as np
+
+    from study.config import load_params
+    from study.reward_models import load_reward_model
+    from study.rm_train import EncodedPairs, save_reward_model, train_family
+    from tests.conftest import ROOT
+
+    cfg = SFTConfig(n_layer=2, n_embd=32, n_head=2, max_length=64, steps=10, warmup_steps=1)
+    build_policy(cfg, tokenizer, seed=0).save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    params = load_params(ROOT / "params.yaml", "smoke")
+    family, reward = params.reward.arm(arm)
+    reward = dataclasses.replace(reward, k=k, batch_size=3, lr=1e-2)
+    pairs = EncodedPairs(SEQS_A, SEQS_B, np.zeros(len(SEQS_A), dtype=bool))
+    pad = tokenizer.pad_token_id
+    model, hist = train_family(family, reward, tmp_path / "policy", pairs, 0, 0, pad,
+                               progress=False, max_steps=3)  # fmt: skip
+    assert type(model).__name__ == kind and model.k == k and len(hist) > 0
+    save_reward_model(model, tokenizer, tmp_path / "rm", {"arm": arm})
+    loaded = load_reward_model(tmp_path / "rm", k=k)
+    with torch.no_grad():
+        ids, mask = right_pad(SEQS_A, pad)
+        r, r_loaded = model.rewards(ids, mask), loaded.rewards(ids, mask)
+    assert torch.allclose(r, r_loaded, atol=1e-5)
+    assert not torch.allclose(r[0], r[1])  # K different reward functions
+
+
+def test_an_uncertainty_that_makes_another_family_is_refused():
+    import dataclasses
+
+    from study.config import ConfigError, load_params
+    from tests.conftest import ROOT
+
+    reward = load_params(ROOT / "params.yaml", "smoke").reward
+    bad = dataclasses.replace(
+        reward, arms={"multihead-x": {"family": "multihead", "overrides": ["uncertainty=dropout"]}}
+    )
+    with pytest.raises(
+        ConfigError, match="uncertainty dropout belongs to the family ensemble, not multihead"
+    ):
+        bad.arm("multihead-x")
+
+
+def test_training_compute_in_encoder_epochs_by_hand():
+    import dataclasses
+
+    from study.config import load_params
+    from tests.conftest import ROOT
+
+    reward = dataclasses.replace(load_params(ROOT / "params.yaml", "default").reward, k=5)
+    expect = {"single": 1, "multihead": 1, "ensemble": 15, "multihead-3ep": 3,
+              "multihead-laplace": 1, "ensemble-dropout": 1, "ensemble-lora": 5,
+              "multihead-bootstrap": 1}  # fmt: skip
+    for arm, n in expect.items():
+        family, cfg = reward.arm(arm)
+        assert cfg.encoder_epochs(family) == n, arm

@@ -50,7 +50,8 @@ def test_notebook_parameter_cells_hold_selectors_only():
     # hyperparameters live in params.yaml; a parameters cell holds paths, selectors and switches
     allowed = {"profile", "params_path", "world_dir", "build", "train", "run", "write",
                "family", "families", "seed", "seeds", "variant", "variants", "rm_root",
-               "tag", "tags", "override", "example_variants", "example_seed"}  # fmt: skip
+               "tag", "tags", "override", "example_variants", "example_seed", "arms",
+               "baselines"}  # fmt: skip
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         extra = set(notebook_parameters(nb.name)) - allowed
         assert not extra, f"{nb.name}: parameters cell holds {sorted(extra)}"
@@ -83,8 +84,10 @@ def ppo_grid(exclude: tuple[str, ...] = ()) -> set[tuple[str, int]]:
 def test_the_ppo_summary_reads_exactly_the_ppo_grid():
     params = notebook_parameters("05_ppo_summary.ipynb")
     expected = {(v, s) for v, seeds in params["variants"].items() for s in seeds}
-    # the K sweep (heads), the mean and UWO (aggregations) and seeds 5-9 (replicate) have theirs
-    assert expected == {(v, s) for v, s in ppo_grid(exclude=("ppo_k", "ppo_agg")) if s < 5}
+    # the K sweep (heads), the mean and UWO (aggregations), the cheap-uncertainty arms and seeds
+    # 5-9 (replicate) have theirs
+    side = ("ppo_k", "ppo_agg", "ppo_cheap")
+    assert expected == {(v, s) for v, s in ppo_grid(exclude=side) if s < 5}
     assert {f"results/ppo/{v}/seed{s}" for v, s in expected} <= set(DVC["ppo_summary"]["deps"])
 
 
@@ -99,7 +102,8 @@ def test_every_ppo_stage_reads_the_reward_models_of_its_own_arm_and_seed():
         for item in matrix_items(stage["matrix"]):  # every arm a PPO stage reads is trained
             if arm != "gold":
                 rm = substitute(arm, item)
-                trained = matrix_items(DVC["rm"]["matrix"]) + matrix_items(DVC["rm_k"]["matrix"])
+                trained = [it for st in ("rm", "rm_k", "rm_cheap")
+                           for it in matrix_items(DVC[st]["matrix"])]  # fmt: skip
                 assert {"family": rm, "seed": item["seed"]} in trained, (name, item)
 
 
