@@ -21,6 +21,11 @@ ARM_COLOURS = {
     "multihead-3ep": OKABE_ITO["green"],
     "multihead-authors": OKABE_ITO["purple"],
     "ensemble": OKABE_ITO["orange"],
+    # cheap uncertainty (make study-cheap); indigo is Tol's, the palette's ninth colour being gold's
+    "multihead-bootstrap": OKABE_ITO["sky"],
+    "multihead-laplace": "#332288",
+    "ensemble-dropout": OKABE_ITO["vermillion"],
+    "ensemble-lora": OKABE_ITO["yellow"],
 }
 # the other aggregations of a family: its colour, lighter (mean) or darker (UWO)
 SHADE = {"min": 1.0, "mean": 1.45, "uwo": 0.6, "max": 1.2}
