@@ -994,8 +994,28 @@ def describe() -> str:
     return "\n".join(lines)
 
 
+RESOLVED = "params.resolved.yaml"
+
+
+def write_resolved(params_path: str | Path = "params.yaml", out: str | Path = RESOLVED) -> Path:
+    """The active profile of `params_path`, validated (every profile is) and resolved, written as
+    one mapping of sections: what the pipeline's stages declare as their params, so that a stage
+    depends on the values it runs with, and an edit to a profile that is not active changes
+    nothing it reads."""
+    p = load_params(params_path)
+    body = yaml.safe_dump(p.to_dict(), sort_keys=False)
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(f"# written by `python -m study.config resolve` from {Path(params_path).name}: "
+                   f"do not edit\n{body}")  # fmt: skip
+    tmp.replace(out)
+    return out
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
+    if len(sys.argv) > 1 and sys.argv[1] == "resolve":
+        print(write_resolved(*sys.argv[2:4]))
+    elif len(sys.argv) > 1:
         p = load_params(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
         print(yaml.safe_dump(p.to_dict(), sort_keys=False))
     else:

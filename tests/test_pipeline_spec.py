@@ -26,8 +26,14 @@ def notebook_parameters(name: str) -> dict:
     }
 
 
+# the one stage that runs no notebook: it resolves the active profile every other stage reads
+RESOLVE = "resolve_params"
+
+
 def test_every_stage_runs_a_notebook_it_declares():
     for name, stage in DVC.items():
+        if name == RESOLVE:
+            continue
         stage = stage.get("do", stage)  # a foreach stage's template
         notebooks = re.findall(r"papermill (notebooks/\S+\.ipynb)", stage["cmd"])
         assert notebooks, f"stage {name} runs no notebook"
@@ -230,6 +236,8 @@ def test_every_stage_declares_every_study_module_its_notebook_loads():
     and a change to one it never loads does not (study/ppo.py: the PPO stages only)."""
     missing, extra = [], []
     for name, stage in DVC.items():
+        if name == RESOLVE:
+            continue
         stage = stage.get("do", stage)
         notebook = re.findall(r"papermill (notebooks/\S+\.ipynb)", stage["cmd"])[0]
         nb = json.loads((ROOT / notebook).read_text())
@@ -305,3 +313,21 @@ def test_the_table_plots_read_committed_columns_and_metrics_are_the_headline_onl
     assert [next(iter(m)) if isinstance(m, dict) else m for m in metrics] == [
         "results/report/metrics.json"
     ]
+
+
+def test_every_stage_reads_its_params_from_the_resolved_active_profile():
+    """No stage declares a profile block of params.yaml (an edit to an inactive profile would make
+    it stale): each names the sections or keys it reads in the resolved file, and the resolved
+    file is what `resolve_params` writes from params.yaml now."""
+    import yaml
+
+    from study.config import RESOLVED, load_params
+
+    assert DVC[RESOLVE]["deps"] == ["params.yaml", "study/config.py"]
+    for name, stage in DVC.items():
+        stage = stage.get("do", stage)
+        for entry in stage.get("params", []):
+            assert isinstance(entry, dict) and list(entry) == [RESOLVED], (name, entry)
+            assert "profile" in entry[RESOLVED], name
+    resolved = yaml.safe_load((ROOT / RESOLVED).read_text())
+    assert resolved == yaml.safe_load(yaml.safe_dump(load_params(ROOT / "params.yaml").to_dict()))
