@@ -1,31 +1,35 @@
 """Typed, validated parameters: the one reader of `params.yaml`.
 
-`params.yaml` holds a selector and one block per profile::
+Every parameter is declared once, here: its type, its default and its one line of help, in a
+section (a frozen pydantic dataclass, so that a wrong type, an unknown key or a non-finite number
+is refused by the library and reported with its dotted path). `params.yaml` holds a selector and
+one block per profile, each only the values it changes::
 
     profile: default          # the profile `dvc repro` runs
-    default: {world: ..., sft: ...}   # complete: every section, every field
+    default: {reward: {...}}  # the study's choices, over the defaults declared here
     smoke:   {sft: {steps: 40}}       # overrides on top of `default`
     paper:   {sources: {...}}         # overrides on top of `default`
 
-Every profile is checked against the dataclasses below before it is merged, so an unknown key, a
-wrong type or an impossible combination is reported with its path in the file
-(``params.yaml: smoke.sft.stepz: unknown key ...``). Each field is documented once, in its
-``help`` metadata; ``python -m study.config`` prints them all.
+A profile resolves as these defaults, then `default`, then the profile's own block. Every
+profile is checked whichever is selected (``params.yaml: smoke.sft.stepz: unknown key ...``);
+``python -m study.config`` prints every field with its help, and ``python -m study.config
+resolve`` writes the active profile, resolved, to `params.resolved.yaml`, the file every pipeline
+stage declares its params from.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import sys
-import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+import pydantic
+import pydantic.dataclasses
 import yaml
 
 EMBEDDED = "embedded"
@@ -34,6 +38,14 @@ PROFILE_NAMES = ("smoke", "default", "paper")
 
 class ConfigError(ValueError):
     """A parameter file that cannot be used; the message names the file and the key."""
+
+
+# a section: frozen, every field of its declared type (an int is no bool, a string no number; an
+# int is taken for a float), no other key, no NaN or infinity
+section = pydantic.dataclasses.dataclass(
+    frozen=True,
+    config=pydantic.ConfigDict(extra="forbid", strict=True, allow_inf_nan=False),
+)
 
 
 def _f(default: Any, help: str) -> Any:
@@ -58,7 +70,7 @@ def _check(cond: bool, key: str, msg: str) -> None:
 # --------------------------------------------------------------------------------------- sections
 
 
-@dataclass(frozen=True)
+@section
 class RunConfig:
     seed: int = _f(
         0, "Base seed of the world: corpus, SFT initialisation and data order, pairs, flips."
@@ -72,7 +84,7 @@ class RunConfig:
         _check(self.threads >= 1, "run.threads", "must be >= 1")
 
 
-@dataclass(frozen=True)
+@section
 class SourcesConfig:
     policy: str = _f(
         EMBEDDED,
@@ -134,7 +146,7 @@ class SourcesConfig:
         return self.policy == EMBEDDED
 
 
-@dataclass(frozen=True)
+@section
 class WorldConfig:
     n_topics: int = _f(6, "Topics in the world (at most 6), each with its own nouns.")
     n_tones: int = _f(4, "Requested tones (at most 4), each with its own adjectives.")
@@ -198,7 +210,7 @@ class WorldConfig:
         _check(self.n_eval_prompts >= 1, "world.n_eval_prompts", "must be >= 1")
 
 
-@dataclass(frozen=True)
+@section
 class GoldConfig:
     relevance_scale: float = _f(
         2.5,
@@ -228,7 +240,7 @@ class GoldConfig:
         )
 
 
-@dataclass(frozen=True)
+@section
 class SFTConfig:
     n_layer: int = _f(2, "Transformer blocks of the GPT-2 style policy.")
     n_embd: int = _f(128, "Width of the policy.")
@@ -261,7 +273,7 @@ class SFTConfig:
         _check(self.eval_every >= 1, "sft.eval_every", "must be >= 1")
 
 
-@dataclass(frozen=True)
+@section
 class SamplingConfig:
     temperature: float = _f(1.0, "Sampling temperature of the policy.")
     top_k: int = _f(0, "Top-k filter (0 = off).")
@@ -279,7 +291,7 @@ class SamplingConfig:
         _check(self.batch_size >= 1, "sampling.batch_size", "must be >= 1")
 
 
-@dataclass(frozen=True)
+@section
 class PreferencesConfig:
     n_pairs: int = _f(6000, "Preference pairs (two policy samples of one prompt each).")
     val_fraction: float = _f(0.15, "Share of pairs in the validation split.")
@@ -305,7 +317,7 @@ HEAD_INITS = ("normal", "linear")
 UNCERTAINTY = {"none": None, "laplace": "multihead", "dropout": "ensemble", "lora": "ensemble"}
 
 
-@dataclass(frozen=True)
+@section
 class RewardConfig:
     k: int = _f(
         5, "Heads of the multi-head model and members of the full ensemble (a single model has 1)."
@@ -487,7 +499,7 @@ class RewardConfig:
         }[family]
 
 
-@dataclass(frozen=True)
+@section
 class RewardEvalConfig:
     calibration_bins: int = _f(10, "Equal-width bins of the reliability diagrams (and ECE).")
     diversity_sweep: list[str] = _f(
@@ -532,7 +544,7 @@ class RewardEvalConfig:
         _check(self.cost_score_batches >= 1, "reward_eval.cost_score_batches", "must be >= 1")
 
 
-@dataclass(frozen=True)
+@section
 class PPOConfig:
     steps: int = _f(60, "PPO steps (one rollout batch and its updates each).")
     batch_size: int = _f(64, "Prompts per rollout (one response each).")
@@ -627,7 +639,7 @@ class PPOConfig:
         )
 
 
-@dataclass(frozen=True)
+@section
 class BoNConfig:
     n_prompts: int = _f(
         64, "Held-out ('eval') prompts of the best-of-n curves (the first n_prompts)."
@@ -642,7 +654,7 @@ class BoNConfig:
         _check(self.n_samples >= 2, "bon.n_samples", "must be >= 2")
 
 
-@dataclass(frozen=True)
+@section
 class RLOOConfig:
     """The `rloo` section: TRL's group-relative optimiser (RLOOTrainer) against a variant's reward.
 
@@ -701,7 +713,7 @@ class RLOOConfig:
         return self.prompts_per_step * self.num_generations
 
 
-@dataclass(frozen=True)
+@section
 class ReportConfig:
     kl_levels: list[float] = _f(
         [2.0, 5.0, 10.0, 15.0],
@@ -782,18 +794,11 @@ SECTIONS: dict[str, type] = {
 
 
 def with_override(cfg: Any, option: str, where: str = "option") -> Any:
-    """`cfg` (a section dataclass) with one 'key=value' override applied and checked."""
+    """`cfg` (a section) with one 'key=value' override applied and checked."""
     key, sep, text = option.partition("=")
     if not sep:
         raise ConfigError(f"{where}: {option!r} is not 'key=value'")
-    value = yaml.safe_load(text)
-    raw = {key.strip(): value}
-    _check_section(type(cfg), raw, f"{where} {option!r}")
-    hints = typing.get_type_hints(type(cfg))
-    try:
-        return dataclasses.replace(cfg, **{k: _coerce(v, hints[k]) for k, v in raw.items()})
-    except ConfigError as e:
-        raise ConfigError(f"{where} {option!r}: {e}") from None
+    return _section(type(cfg), {key.strip(): yaml.safe_load(text)}, f"{where} {option!r}", cfg)
 
 
 def with_overrides(params: Params, options: Sequence[str], where: str = "overrides") -> Params:
@@ -814,74 +819,66 @@ def with_overrides(params: Params, options: Sequence[str], where: str = "overrid
 # ------------------------------------------------------------------------------------- validation
 
 
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if origin in (list, tuple):
-        (inner, *_) = typing.get_args(hint) or (Any,)
-        return isinstance(value, list | tuple) and all(_type_ok(v, inner) for v in value)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is Any:
-        return True
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:  # YAML writes 1e-3 as a string unless it has a dot; accept ints too
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    if hint is float and isinstance(value, int):
-        return float(value)
+def _yaml_value(value: Any, hint: Any) -> Any:
+    """What YAML writes for a declared type: 1e-3 (no dot) is a string to PyYAML, a tuple is a
+    list."""
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
     if typing.get_origin(hint) is tuple and isinstance(value, list):
         return tuple(value)
     return value
 
 
-def _check_section(cls: type, raw: Any, where: str) -> None:
-    """Keys and types of one section mapping (possibly partial), before merging."""
-    if not isinstance(raw, dict):
+def _section(cls: type, body: Any, where: str, base: Any = None) -> Any:
+    """A section `cls` from a (possibly partial) mapping `body` over `base` (default: the declared
+    defaults); a refusal names the key under `where`."""
+    if not isinstance(body, dict):
         raise ConfigError(
-            f"{where}: must be a mapping of {cls.__name__} fields, got {type(raw).__name__}"
+            f"{where}: must be a mapping of {cls.__name__} fields, got {type(body).__name__}"
         )
-    hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
-    for key, value in raw.items():
-        if key not in known:
-            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(known)})")
-        hint = hints[key]
-        if isinstance(value, str) and hint is float:
-            try:  # PyYAML reads 1e-3 (no dot) as a string
-                value = float(value)
-                raw[key] = value
-            except ValueError:
-                pass
-        if hint is float and isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{where}.{key}: must be a finite number, got {value}")
-        if not _type_ok(value, hint):
-            name = getattr(hint, "__name__", str(hint))
-            raise ConfigError(
-                f"{where}.{key}: expected {name}, got {type(value).__name__} ({value!r})"
-            )
+    unknown = [k for k in body if k not in known]
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(known)})")
+    hints = typing.get_type_hints(cls)
+    values = {k: _yaml_value(v, hints[k]) for k, v in body.items()}
+    try:
+        return dataclasses.replace(base, **values) if base is not None else cls(**values)
+    except pydantic.ValidationError as e:
+        err = e.errors()[0]
+        if err["type"] == "value_error":  # a check of __post_init__: its message names the key
+            msg = str(err.get("ctx", {}).get("error", err["msg"]))
+            raise ConfigError(msg) from None
+        key = ".".join(str(x) for x in err["loc"])
+        got = body.get(err["loc"][0], err.get("input")) if err["loc"] else err.get("input")
+        if err["type"] == "finite_number":
+            raise ConfigError(f"{where}.{key}: must be a finite number, got {got}") from None
+        hint = hints.get(err["loc"][0]) if len(err["loc"]) == 1 else None
+        expected = getattr(hint, "__name__", None) if hint is not None else None
+        what = f"expected {expected}" if expected else err["msg"].lower()
+        raise ConfigError(f"{where}.{key}: {what}, got {type(got).__name__} ({got!r})") from None
 
 
 def _check_profile(raw: Any, where: str) -> None:
+    """Sections, keys and types of one profile block (partial), over the declared defaults."""
     if raw is None:
         return
     if not isinstance(raw, dict):
         raise ConfigError(
             f"{where}: a profile must be a mapping of sections, got {type(raw).__name__}"
         )
-    for section, body in raw.items():
-        if section not in SECTIONS:
-            raise ConfigError(f"{where}.{section}: unknown section (known: {', '.join(SECTIONS)})")
-        _check_section(SECTIONS[section], {} if body is None else body, f"{where}.{section}")
+    for name, body in raw.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{where}.{name}: unknown section (known: {', '.join(SECTIONS)})")
+        try:
+            _section(SECTIONS[name], {} if body is None else body, f"{where}.{name}")
+        except ConfigError as e:
+            if str(e).startswith(f"{where}."):
+                raise
+            # a check across fields of the section: it holds on the resolved profile, not here
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -900,13 +897,10 @@ def params_from_dict(
     where: str = "params",
     all_profiles: bool = True,
 ) -> Params:
-    """Validate a parsed `params.yaml` mapping and resolve one profile (default: its `profile` key)."""
+    """Validate a parsed `params.yaml` mapping and resolve one profile (default: its `profile`
+    key): the declared defaults, then the `default` block, then the profile's own."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: top level must be a mapping, got {type(raw).__name__}")
-    if "default" not in raw:
-        raise ConfigError(
-            f"{where}: missing the 'default' profile (the complete base every profile overrides)"
-        )
     for key, value in raw.items():
         if key == "profile":
             if not isinstance(value, str):
@@ -918,33 +912,21 @@ def params_from_dict(
             )
         _check_profile(value, f"{where}: {key}")
     name = profile if profile is not None else raw.get("profile", "default")
-    if all_profiles:  # a broken profile is found now, not when it is first selected
-        for other in PROFILE_NAMES:
-            if other != name and (other == "default" or other in raw):
-                params_from_dict(raw, profile=other, where=where, all_profiles=False)
     if name not in PROFILE_NAMES:
         raise ConfigError(
             f"{where}: profile: unknown profile {name!r} (known: {', '.join(PROFILE_NAMES)})"
         )
+    if all_profiles:  # a broken profile is found now, not when it is first selected
+        for other in PROFILE_NAMES:
+            if other != name and (other == "default" or other in raw):
+                params_from_dict(raw, profile=other, where=where, all_profiles=False)
     if name != "default" and name not in raw:
         raise ConfigError(f"{where}: profile {name!r} is selected but has no block in the file")
-    resolved = _merge(raw["default"] or {}, raw.get(name) or {} if name != "default" else {})
-    missing = [s for s in SECTIONS if s not in (raw["default"] or {})]
-    if missing:
-        raise ConfigError(f"{where}: default: missing section(s) {', '.join(missing)}")
-    for section, cls in SECTIONS.items():  # the base profile is the whole truth: no silent defaults
-        absent = [
-            f.name for f in dataclasses.fields(cls) if f.name not in (raw["default"][section] or {})
-        ]
-        if absent:
-            raise ConfigError(f"{where}: default.{section}: missing key(s) {', '.join(absent)}")
+    resolved = _merge(raw.get("default") or {}, raw.get(name) or {} if name != "default" else {})
     sections = {}
-    for section, cls in SECTIONS.items():
-        body = resolved.get(section) or {}
-        hints = typing.get_type_hints(cls)
-        kwargs = {k: _coerce(v, hints[k]) for k, v in body.items()}
+    for sec, cls in SECTIONS.items():
         try:
-            sections[section] = cls(**kwargs)
+            sections[sec] = _section(cls, resolved.get(sec) or {}, sec)
         except ConfigError as e:
             raise ConfigError(f"{where} (profile {name}): {e}") from None
     try:

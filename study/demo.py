@@ -46,12 +46,18 @@ PROJECT = ("study", "notebooks", "dvc.yaml", "params.yaml", "pyproject.toml", ".
 def demo_params(params: dict, overrides: dict = DEMO) -> dict:
     """`params` (a parsed params.yaml) with the default profile reduced by `overrides` and
     selected; every overridden key must exist (a typo is an error, not a silent no-op)."""
+    import dataclasses
+
+    from study.config import SECTIONS
+
     out = yaml.safe_load(yaml.safe_dump(params))
+    out["default"] = out.get("default") or {}
     for section, values in overrides.items():
         for key, value in values.items():
-            if key not in out["default"].get(section, {}):
-                raise KeyError(f"demo override {section}.{key}: no such parameter in params.yaml")
-            out["default"][section][key] = value
+            known = SECTIONS.get(section)
+            if known is None or key not in {f.name for f in dataclasses.fields(known)}:
+                raise KeyError(f"demo override {section}.{key}: no such parameter")
+            out["default"].setdefault(section, {})[key] = value
     out["profile"] = "default"
     return out
 

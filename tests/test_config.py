@@ -19,13 +19,17 @@ def write(tmp_path, raw):
 def test_repository_params_load_every_profile(profile):
     params = load_params(ROOT / "params.yaml", profile)
     assert params.profile == profile
-    assert params.preferences.flip_rate == RAW["default"]["preferences"]["flip_rate"]
+    from study.config import PreferencesConfig
+
+    assert params.preferences.flip_rate == PreferencesConfig().flip_rate  # no profile changes it
 
 
 def test_profile_overrides_apply_on_top_of_default():
     smoke = load_params(ROOT / "params.yaml", "smoke")
     assert smoke.sft.steps == RAW["smoke"]["sft"]["steps"]
-    assert smoke.sft.lr == RAW["default"]["sft"]["lr"]  # not overridden: inherited
+    from study.config import SFTConfig
+
+    assert smoke.sft.lr == SFTConfig().lr  # not overridden: the declared default
     assert load_params(ROOT / "params.yaml", "paper").sources.tokenizer == "policy"
 
 
@@ -44,52 +48,62 @@ def test_params_are_frozen():
 @pytest.mark.parametrize(
     "mutate, fragment",
     [
-        (lambda r: r["default"]["sft"].update(stepz=3), "default.sft.stepz: unknown key"),
+        (
+            lambda r: r["default"].setdefault("sft", {}).update(stepz=3),
+            "default.sft.stepz: unknown key",
+        ),
         (lambda r: r["smoke"]["sft"].update(stepz=3), "smoke.sft.stepz: unknown key"),
         (lambda r: r["default"].update(rewardz={}), "default.rewardz: unknown section"),
         (lambda r: r.update(profiles={}), "profiles: unknown top-level key"),
         (
-            lambda r: r["default"]["sft"].update(steps="many"),
+            lambda r: r["default"].setdefault("sft", {}).update(steps="many"),
             "default.sft.steps: expected int, got str",
         ),
         (
-            lambda r: r["default"]["sft"].update(steps=2.5),
+            lambda r: r["default"].setdefault("sft", {}).update(steps=2.5),
             "default.sft.steps: expected int, got float",
         ),
         (
-            lambda r: r["default"]["sources"].update(relabel_with_gold=1),
+            lambda r: r["default"].setdefault("sources", {}).update(relabel_with_gold=1),
             "relabel_with_gold: expected bool",
         ),
         (lambda r: r["smoke"].update(sft=[1, 2]), "smoke.sft: must be a mapping"),
-        (lambda r: r["default"]["sft"].update(n_head=3), "sft.n_head: must divide sft.n_embd"),
-        (lambda r: r["default"]["preferences"].update(flip_rate=0.5), "preferences.flip_rate"),
         (
-            lambda r: r["default"]["sampling"].update(max_new_tokens=200),
+            lambda r: r["default"].setdefault("sft", {}).update(n_head=3),
+            "sft.n_head: must divide sft.n_embd",
+        ),
+        (
+            lambda r: r["default"].setdefault("preferences", {}).update(flip_rate=0.5),
+            "preferences.flip_rate",
+        ),
+        (
+            lambda r: r["default"].setdefault("sampling", {}).update(max_new_tokens=200),
             "sampling.max_new_tokens: must be < sft.max_length",
         ),
         (
-            lambda r: r["default"]["sources"].update(policy="gpt2"),
+            lambda r: r["default"].setdefault("sources", {}).update(policy="gpt2"),
             "sources.tokenizer: a hub/directory policy",
         ),
         (
-            lambda r: r["default"]["sources"].update(prompts="my/prompts"),
+            lambda r: r["default"].setdefault("sources", {}).update(prompts="my/prompts"),
             "sources.gold: the embedded gold",
         ),
         (
-            lambda r: r["default"]["sources"].update(prompt_template="no slot"),
+            lambda r: r["default"].setdefault("sources", {}).update(prompt_template="no slot"),
             "sources.prompt_template",
         ),
         (lambda r: r.update(profile="huge"), "unknown profile 'huge'"),
-        (lambda r: r.pop("default"), "missing the 'default' profile"),
-        (lambda r: r["default"].pop("gold"), "default: missing section(s) gold"),
-        (lambda r: r["default"]["run"].update(seed=-1), "run.seed: must be >= 0"),
-        (lambda r: r["default"]["ppo"].update(lr=float("inf")), "default.ppo.lr: must be a finite"),
+        (lambda r: r["default"].setdefault("run", {}).update(seed=-1), "run.seed: must be >= 0"),
         (
-            lambda r: r["default"]["ppo"].update(kl_coef="nan"),
+            lambda r: r["default"].setdefault("ppo", {}).update(lr=float("inf")),
+            "default.ppo.lr: must be a finite",
+        ),
+        (
+            lambda r: r["default"].setdefault("ppo", {}).update(kl_coef="nan"),
             "default.ppo.kl_coef: must be a finite",
         ),
         (
-            lambda r: r["default"]["bon"].update(n_prompts=500),
+            lambda r: r["default"].setdefault("bon", {}).update(n_prompts=500),
             "bon.n_prompts: must be <= world.n_eval_prompts (128)",
         ),
         # the selected profile is default: a broken paper block is found all the same
@@ -115,8 +129,8 @@ def test_bad_files_are_rejected_with_the_key_and_the_file(tmp_path, mutate, frag
 
 def test_float_fields_accept_ints_and_exponent_strings():
     raw = copy.deepcopy(RAW)
-    raw["default"]["sft"]["lr"] = 1
-    raw["default"]["sft"]["weight_decay"] = "1e-3"  # what PyYAML makes of 1e-3
+    raw["default"].setdefault("sft", {})["lr"] = 1
+    raw["default"].setdefault("sft", {})["weight_decay"] = "1e-3"  # what PyYAML makes of 1e-3
     params = params_from_dict(raw, "default")
     assert params.sft.lr == 1.0 and isinstance(params.sft.lr, float)
     assert params.sft.weight_decay == pytest.approx(1e-3)
@@ -137,27 +151,20 @@ def test_every_field_is_documented():
             assert line.split(": ", 1)[1].strip(), line
 
 
-def test_the_default_profile_must_be_complete(tmp_path):
-    raw = copy.deepcopy(RAW)
-    del raw["default"]["sft"]["steps"]
-    with pytest.raises(ConfigError, match=r"default\.sft: missing key\(s\) steps"):
-        load_params(write(tmp_path, raw))
+def test_a_profile_needs_only_what_it_changes(tmp_path):
+    """Defaults are declared once, in study/config.py: a file without a default block, or with
+    an empty one, resolves to them, and a value in the file overrides its default."""
+    from study.config import PPOConfig, RewardConfig
 
-
-def test_dataclass_defaults_agree_with_the_default_profile():
-    # the dataclass defaults serve tests and notebooks; they must not drift from params.yaml
-    import dataclasses
-
-    from study.config import SECTIONS, field_default
-
-    for section, cls in SECTIONS.items():
-        for f in dataclasses.fields(cls):
-            assert RAW["default"][section][f.name] == field_default(f), f"{section}.{f.name}"
+    p = load_params(write(tmp_path, {"profile": "default"}))
+    assert p.ppo == PPOConfig() and p.reward == RewardConfig()
+    p = load_params(write(tmp_path, {"profile": "default", "default": {"ppo": {"steps": 7}}}))
+    assert p.ppo.steps == 7 and p.ppo.lr == PPOConfig().lr
 
 
 def test_a_key_written_twice_is_an_error_naming_both_lines(tmp_path):
     text = (ROOT / "params.yaml").read_text()
     path = tmp_path / "params.yaml"
-    path.write_text(text.replace("  ppo:\n    steps:", "  ppo:\n    kl_coef: 0.9\n    steps:", 1))
-    with pytest.raises(ConfigError, match=r"not valid YAML: .*'kl_coef' appears twice"):
+    path.write_text(text + "  ppo:\n    steps: 3\n    kl_coef: 0.9\n    steps: 4\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML: .*'steps' appears twice"):
         load_params(path)
