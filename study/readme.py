@@ -120,13 +120,23 @@ def world_block(metrics: dict) -> str:
 
 
 def replicate_block(side: pd.DataFrame) -> str:
-    """The headline's claims on seeds 0-4 and 5-9, side by side."""
-    df = side[["claim", "measure", "verdict_A", "verdict_B", "measured_all", "verdict_all"]].rename(
+    """The headline's claims on seeds 0-4 and 5-9, side by side: those at the KL level every seed
+    of both sets reached (and the claims that are no KL level); how many verdicts agree, of all."""
+    level = matched_level(side.rename(columns={"verdict_all": "verdict"}))
+    keep = ~side["measure"].str.startswith("PPO gold at KL ")
+    if level is not None:
+        keep |= side["measure"] == f"PPO gold at KL {level:g}"
+    df = side.loc[keep, ["claim", "measure", "verdict_A", "verdict_B", "measured_all",
+                         "verdict_all"]].rename(
         columns={"verdict_A": "verdict, seeds 0-4", "verdict_B": "verdict, seeds 5-9",
                  "measured_all": "all ten seeds", "verdict_all": "verdict, ten seeds"}
     )  # fmt: skip
-    agree = int(side["agree"].astype(str).eq("True").sum())
-    return markdown_table(df) + f"\n\n{agree} of {len(side)} verdicts agree."
+    agree = side["agree"].astype(str).eq("True")
+    shown = int(agree[keep].sum())
+    return markdown_table(df) + (
+        f"\n\n{shown} of {int(keep.sum())} verdicts shown agree between the two seed sets "
+        f"({int(agree.sum())} of {len(side)} over every row of `results/replicate/claims.csv`)."
+    )
 
 
 def reward_models_block(metrics: dict) -> str:

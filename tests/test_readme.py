@@ -58,3 +58,25 @@ def test_the_readme_claims_are_those_at_the_level_every_seed_reached():
     assert rows == ["over", "b", "d"]
     assert "3 further rows" in block
     assert matched_level(claims.iloc[[0, 3]]) is None
+
+
+def test_the_replication_block_shows_the_matched_level_and_counts_agreement():
+    import pandas as pd
+
+    from study.readme import replicate_block
+
+    side = pd.DataFrame({
+        "claim": ["over", "a", "b", "c"],
+        "measure": ["PPO runs overoptimised (single)", "PPO gold at KL 5", "PPO gold at KL 10",
+                    "PPO final gold"],
+        "verdict_A": ["supported", "supported", "inconclusive", "supported"],
+        "verdict_B": ["supported", "inconclusive", "inconclusive", "supported"],
+        "measured_all": ["8 of 10", "+0.4", "+0.9", "+0.3"],
+        "verdict_all": ["supported", "supported",
+                        "inconclusive (level reached by 2/10 and 10/10 seeds)", "supported"],
+        "agree": [True, False, True, True],
+    })  # fmt: skip
+    block = replicate_block(side)
+    rows = [x.split(" | ")[0].strip("| ") for x in block.splitlines()[2:] if x.startswith("| ")]
+    assert rows == ["over", "a", "c"]  # KL 10 was not reached by every seed: not shown
+    assert "2 of 3 verdicts shown agree" in block and "(3 of 4 over every row" in block
