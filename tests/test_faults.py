@@ -76,7 +76,9 @@ def test_ppo_killed_at_a_random_point_resumes_bit_for_bit_in_a_new_process(world
     time.sleep(random.Random(os.getpid()).uniform(0.0, 1.5))  # a random point after it
     killed.send_signal(signal.SIGKILL)
     killed.communicate()
-    assert not (tmp_path / "killed" / "policy").exists() or killed.returncode == 0
+    # a killed run leaves no policy, or (killed between writing it and removing its checkpoint)
+    # a complete policy beside the checkpoint that the rerun resumes from
+    assert killed.returncode == 0 or not (tmp_path / "killed" / "policy").exists() or ckpt.exists()
 
     resumed = _start(world, tmp_path / "killed")
     out, _ = resumed.communicate(timeout=900)
