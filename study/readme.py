@@ -191,18 +191,25 @@ def _matched_kl(path: Path) -> str:
 def figures_block(dvc_yaml: Path) -> str:
     """Which stage and notebook draws each figure, from the pipeline's own outs; a figure not
     made yet says the command that makes it."""
+    import subprocess
+
     import yaml
 
+    # what a fresh clone shows: the figures git carries (others live in DVC's cache, or are not
+    # made yet); outside a git checkout, the files that exist
+    git = subprocess.run(["git", "ls-files", "figures"], cwd=dvc_yaml.parent, capture_output=True,
+                         text=True, check=False)  # fmt: skip
+    tracked = set(git.stdout.split()) if git.returncode == 0 else None
     rows = []
     for name, stage in yaml.safe_load(dvc_yaml.read_text())["stages"].items():
         nb = re.search(r"papermill (notebooks/\S+\.ipynb)", stage.get("cmd", ""))
         for out in stage.get("outs", []):
             path = next(iter(out)) if isinstance(out, dict) else out
             if path.startswith("figures/") and "${" not in path:
-                made = (dvc_yaml.parent / path).exists()
+                made = path in tracked if tracked is not None else (dvc_yaml.parent / path).exists()
                 rows.append({
                     "figure": f"[`{path}`]({path})" if made
-                    else f"`{path}` (not made yet: `python -m study.pipeline {name}`)",
+                    else f"`{path}` (not in git: `python -m study.pipeline {name}` makes it)",
                     "stage": f"`{name}`", "notebook": f"`{nb.group(1)}`" if nb else "",
                 })  # fmt: skip
     return markdown_table(pd.DataFrame(rows))

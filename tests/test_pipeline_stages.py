@@ -294,7 +294,7 @@ def test_the_heads_sweep_and_the_claims_table(project):
     ("notebook", "table", "column"),
     [
         ("07_heads", "results/ppo/multihead-k2_min/seed0/evals.parquet", "kl"),
-        ("08_report", "results/ppo/runs.parquet", "gold_final"),
+        ("08_report", "results/ppo/runs.csv", "gold_final"),
     ],
 )
 def test_the_figure_stages_name_a_missing_column(project, tmp_path, notebook, table, column):
@@ -303,7 +303,10 @@ def test_the_figure_stages_name_a_missing_column(project, tmp_path, notebook, ta
         src, dst = root / rel, tmp_path / rel
         shutil.copytree(src, dst) if src.is_dir() else shutil.copy(src, dst)
     broken = tmp_path / table
-    pd.read_parquet(broken).drop(columns=[column]).to_parquet(broken)
+    if broken.suffix == ".csv":
+        pd.read_csv(broken).drop(columns=[column]).to_csv(broken, index=False)
+    else:
+        pd.read_parquet(broken).drop(columns=[column]).to_parquet(broken)
     before = {p: p.stat().st_mtime for p in (tmp_path / "figures").iterdir()}
     out = run(
         "papermill", str(root / f"notebooks/{notebook}.ipynb"), str(tmp_path / "out.ipynb"),
