@@ -20,8 +20,25 @@ PARAMS = SimpleNamespace(run=SimpleNamespace(threads=1, wide_threads=2))
 DVC = [sys.executable, "-m", "dvc"]
 
 
-def _stage(name: str, deps: list[str], sleep: float = 2.5, extra: str = "", fail: bool = False):
-    body = f"echo start {name} $(date +%s.%N) >> events && sleep {sleep}"
+def _stage(
+    name: str,
+    deps: list[str],
+    sleep: float = 2.5,
+    extra: str = "",
+    fail: bool = False,
+    meet: str | None = None,
+):
+    """A shell stage that logs its start and end. With `meet`, it also waits (up to a minute) for
+    stage `meet` to have started: two stages that meet each other end only once both are running,
+    so they overlap if the runner starts them side by side, however slowly its workers start, and
+    do not if it runs them one after the other."""
+    body = f"echo start {name} $(date +%s.%N) >> events"
+    if meet:
+        body += (
+            f" && touch {name}.up && for i in $(seq 600); do [ -e {meet}.up ] && break;"
+            " sleep 0.1; done"
+        )
+    body += f" && sleep {sleep}"
     body += " && exit 3" if fail else ""
     body += f" && cat {' '.join(deps) or '/dev/null'} > {name}.txt"
     body += f" && echo end {name} $(date +%s.%N) >> events"
@@ -78,8 +95,8 @@ def test_independent_stages_overlap_dependents_wait_and_a_second_run_does_nothin
 ):
     root = _project(
         tmp_path,
-        _stage("a", [])
-        + _stage("b", [])
+        _stage("a", [], meet="b")
+        + _stage("b", [], meet="a")
         + _stage("c", ["a.txt", "b.txt"])
         + _stage("d", ["a.txt"], extra="  meta: {threads: run.wide_threads}\n"),
     )
@@ -125,7 +142,10 @@ def test_one_core_runs_one_stage_at_a_time_and_exclusive_runs_alone(tmp_path, mo
     # run side by side, x alone
     (root / "events").unlink()
     (root / "dvc.yaml").write_text(
-        (root / "dvc.yaml").read_text().replace("sleep 1 ", "sleep 2.5 ")
+        "stages:\n"
+        + _stage("a", [], meet="b")
+        + _stage("b", [], meet="a")
+        + _stage("x", [], extra="  meta: {exclusive: true}\n")
     )
     _run(root, 2, monkeypatch, engine)
     ev = _events(root)
