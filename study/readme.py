@@ -20,7 +20,7 @@ import pandas as pd
 
 from study.stats import mean_ci
 
-HEADLINE = ("single", "ensemble_min", "multihead_min", "multihead-3ep_min",
+HEADLINE = ("single", "ensemble_min", "ensemble-k1_min", "multihead_min", "multihead-3ep_min",
             "multihead-authors_min", "gold")  # fmt: skip
 
 
@@ -172,6 +172,23 @@ def reward_models_block(metrics: dict) -> str:
     return markdown_table(pd.DataFrame(rows))
 
 
+def cheap_block(summary: pd.DataFrame, claims: pd.DataFrame) -> str:
+    """Each arm's training compute and seconds against its PPO gold at the matched level (the
+    Pareto table of `results/cheap/summary.csv`), then the cheap arms' claims."""
+    rows = [
+        {
+            "arm": f"`{r.arm}`",
+            "training compute (encoder-epochs)": int(r.encoder_epochs),
+            "training seconds": f"{r.train_seconds:.0f}",
+            "PPO gold (mean ± 95%)": f"{r.gold:.2f} ± {r.gold_ci95:.2f}",
+            "seeds": int(r.ppo_seeds),
+            "on the front": "yes" if r.pareto else "",
+        }
+        for r in summary.itertuples(index=False)
+    ]
+    return markdown_table(pd.DataFrame(rows)) + "\n\n" + claims_block(claims)
+
+
 # each block: the committed file it is generated from, and how
 SOURCES: dict[str, tuple[str, Callable[[Path], str]]] = {}
 
@@ -221,6 +238,10 @@ SOURCES.update({
     "matched-kl": ("results/ppo/runs.csv", _matched_kl),
     "aggregations": ("results/aggregations/claims.csv", lambda p: claims_block(_claims(p))),
     "heads": ("results/heads/claims.csv", lambda p: claims_block(_claims(p))),
+    "cheap": (
+        "results/cheap/summary.csv",
+        lambda p: cheap_block(pd.read_csv(p), _claims(p.with_name("claims.csv"))),
+    ),
     "replicate": ("results/replicate/claims.csv", lambda p: replicate_block(_claims(p))),
     "world": ("results/world/metrics.json", lambda p: world_block(json.loads(p.read_text()))),
     "reward-models": (
