@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 # `dvc repro`'s stages, as many side by side as there are cores (study/pipeline.py): the headline
-# (five reward-model arms and the gold control through PPO and best-of-n on five seeds) and its
+# (six reward-model arms and the gold control through PPO and best-of-n on five seeds) and its
 # report; `study-agg` the mean and UWO against the minimum (stage aggregations) and TRL's RLOO beside
 # PPO; `study-k` the number-of-heads sweep (stage heads); `study-replicate` the headline on the
 # disjoint seeds 5-9 (stage replicate). rm_diversity runs with `python -m study.pipeline

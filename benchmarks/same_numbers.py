@@ -1,6 +1,6 @@
 """Does a code change move any number? Build a world, train reward models and run PPO with two
-revisions of the package on this machine, and compare what they write, byte for byte (weights)
-and value for value (tables, timing columns aside).
+revisions of the package on this machine, and compare what they write: every weight file byte for
+byte, every Parquet table value for value (timing columns aside).
 
     python benchmarks/same_numbers.py 2e1d17a            # that revision against the working tree
     python benchmarks/same_numbers.py A B --profile smoke
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import subprocess
 import sys
 import tempfile
@@ -55,7 +56,7 @@ def tree(rev: str | None, tmp: Path) -> Path:
 def run(src: Path, out: Path, profile: str) -> None:
     code = RUN.replace("FAMILIES", repr(FAMILIES)).replace("VARIANTS", repr(VARIANTS))
     subprocess.run([sys.executable, "-c", code, str(out), profile], cwd=src, check=True,
-                   env={"PYTHONPATH": str(src), "PATH": str(Path(sys.executable).parent)})  # fmt: skip
+                   env={**os.environ, "PYTHONPATH": str(src)})  # fmt: skip
 
 
 def same(a: Path, b: Path) -> bool:
@@ -75,22 +76,33 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         outs = []
-        for i, rev in enumerate((args.old, args.new)):
-            src, out = tree(rev, tmp), tmp / f"out{i}"
-            print(f"running {rev or 'the working tree'} ...", flush=True)
-            run(src, out, args.profile)
-            outs.append(out)
-        files = sorted(
-            f.relative_to(outs[0])
-            for f in outs[0].rglob("*")
-            if f.suffix in (".safetensors", ".parquet") and "ck" not in f.parts
-        )
+        try:
+            for i, rev in enumerate((args.old, args.new)):
+                src, out = tree(rev, tmp), tmp / f"out{i}"
+                print(f"running {rev or 'the working tree'} ...", flush=True)
+                run(src, out, args.profile)
+                outs.append(out)
+        finally:
+            for path in tmp.glob("tree-*"):
+                subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT,
+                               check=False)  # fmt: skip
+        listed = [
+            {
+                f.relative_to(out)
+                for f in out.rglob("*")
+                if f.suffix in (".safetensors", ".parquet") and "ck" not in f.parts
+            }
+            for out in outs
+        ]
+        files = sorted(listed[0] | listed[1])
+        if not files:
+            raise SystemExit("neither revision wrote a weight file or a table: nothing compared")
         differ = 0
         for f in files:
-            ok = (outs[1] / f).exists() and same(outs[0] / f, outs[1] / f)
+            a, b = outs[0] / f, outs[1] / f
+            ok = a.exists() and b.exists() and same(a, b)
             differ += not ok
             print(f"{'same  ' if ok else 'DIFFER'} {f}")
-        subprocess.run(["git", "worktree", "prune"], cwd=ROOT, check=False)
     print(f"{len(files) - differ} of {len(files)} files the same")
     return 1 if differ else 0
 
