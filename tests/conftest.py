@@ -30,6 +30,7 @@ def toy_params(**ppo):
         sft=r(p.sft, steps=10, warmup_steps=2, eval_every=5),
         sampling=r(p.sampling, max_new_tokens=12),
         preferences=r(p.preferences, n_pairs=8, n_samples_report=8),
+        bon=r(p.bon, n_prompts=4),  # no more than the held-out prompts
         ppo=r(p.ppo, **{"n_norm_samples": 8, **ppo}),
     )
 
