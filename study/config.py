@@ -467,7 +467,9 @@ class RewardConfig:
         if name not in self.arms:
             known = ", ".join(["single", "multihead", "ensemble", *self.arms])
             raise ConfigError(f"reward arm {name!r}: unknown (known: {known})")
-        cfg = self
+        # an arm is a leaf: its section holds no arms, so that a Params built on it (a stage
+        # running the arm) does not apply the other arms' overrides on top of this one's
+        cfg = dataclasses.replace(self, arms={})
         for option in self.arms[name]["overrides"]:
             cfg = with_override(cfg, option, f"reward.arms.{name}")
         family = self.arms[name]["family"]
@@ -528,13 +530,15 @@ class RewardEvalConfig:
 
     def __post_init__(self) -> None:
         _check(self.calibration_bins >= 2, "reward_eval.calibration_bins", "must be >= 2")
-        for opt in [*self.diversity_sweep, *self.diversity_common]:
-            key, sep, _ = opt.partition("=")
-            _check(
-                bool(sep) and key in {f.name for f in dataclasses.fields(RewardConfig)},
-                "reward_eval.diversity_sweep",
-                f"{opt!r} is not 'key=value' with a key of the reward section",
-            )
+        for name, opts in (("diversity_sweep", self.diversity_sweep),
+                            ("diversity_common", self.diversity_common)):  # fmt: skip
+            for opt in opts:
+                key, sep, _ = opt.partition("=")
+                _check(
+                    bool(sep) and key in {f.name for f in dataclasses.fields(RewardConfig)},
+                    f"reward_eval.{name}",
+                    f"{opt!r} is not 'key=value' with a key of the reward section",
+                )
         _check(
             len(self.cost_ks) >= 1 and all(k >= 1 for k in self.cost_ks),
             "reward_eval.cost_ks",
@@ -779,8 +783,9 @@ class Params:
             "sampling.max_new_tokens",
             f"must be < sft.max_length ({self.sft.max_length}) to leave room for the prompt",
         )
-        for opt in [*self.reward_eval.diversity_sweep, *self.reward_eval.diversity_common]:
-            with_override(self.reward, opt, "reward_eval.diversity_sweep")
+        for name in ("diversity_sweep", "diversity_common"):
+            for opt in getattr(self.reward_eval, name):
+                with_override(self.reward, opt, f"reward_eval.{name}")
         for name in self.reward.arms:  # every arm's overrides are valid keys and values
             self.reward.arm(name)
 
@@ -851,7 +856,8 @@ def _section(cls: type, body: Any, where: str, base: Any = None) -> Any:
         err = e.errors()[0]
         if err["type"] == "value_error":  # a check of __post_init__: its message names the key
             msg = str(err.get("ctx", {}).get("error", err["msg"]))
-            raise ConfigError(msg) from None
+            # an override ('key=value' of an arm or a sweep) also says where it was written
+            raise ConfigError(f"{where}: {msg}" if "'" in where else msg) from None
         key = ".".join(str(x) for x in err["loc"])
         got = body.get(err["loc"][0], err.get("input")) if err["loc"] else err.get("input")
         if err["type"] == "finite_number":

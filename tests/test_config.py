@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 
 import pytest
 import yaml
@@ -168,3 +169,23 @@ def test_a_key_written_twice_is_an_error_naming_both_lines(tmp_path):
     path.write_text(text + "  ppo:\n    steps: 3\n    kl_coef: 0.9\n    steps: 4\n")
     with pytest.raises(ConfigError, match=r"not valid YAML: .*'steps' appears twice"):
         load_params(path)
+
+
+@pytest.mark.parametrize("profile", ["default", "smoke", "paper"])
+def test_a_stage_can_run_every_arm_on_its_own_section(profile):
+    # a stage running an arm builds Params on the arm's section (study.rm_train); the other
+    # arms' overrides must not land on top of it (a Laplace arm under `k=1` of an ensemble arm)
+    params = load_params(ROOT / "params.yaml", profile)
+    for name in params.reward.arms:
+        family, cfg = params.reward.arm(name)
+        assert cfg.arms == {}
+        rebuilt = dataclasses.replace(params, reward=cfg)
+        assert rebuilt.reward.arm(family) == (family, cfg)
+
+
+def test_a_bad_override_of_an_arm_names_the_arm_and_the_key():
+    params = load_params(ROOT / "params.yaml", "default")
+    arms = {**params.reward.arms, "multihead-k0": {"family": "multihead", "overrides": ["k=0"]}}
+    reward = dataclasses.replace(params.reward, arms=arms)
+    with pytest.raises(ConfigError, match=r"reward\.arms\.multihead-k0 'k=0': reward\.k: must be"):
+        dataclasses.replace(params, reward=reward)
