@@ -1,7 +1,8 @@
 """The published report as a reader sees it: `reports/index.html` opened in headless Chromium
 (Debian's `chromium` and `chromium-driver`; `.ci/run` installs them when missing). Every image
-decodes, the claims table is the committed `results/report/claims.csv`, every link names an
-executed notebook the pipeline makes, and no progress bar or warning is printed in it."""
+decodes, no script is fetched from the network, the claims table is the committed
+`results/report/claims.csv`, every link names an executed notebook the pipeline makes, and no
+progress bar or warning is printed in it."""
 
 from __future__ import annotations
 
@@ -39,10 +40,23 @@ def _driver():
 
 def open_report(path: Path, screenshot: Path | None = None) -> dict:
     """What a browser shows of the report at `path`: its images (source kind, decoded or not),
-    its tables (header cells, number of body rows), its relative links and its visible text."""
+    its tables (header cells, number of body rows), its relative links, its visible text and the
+    scripts it fetches."""
     driver = _driver()
     try:
         driver.get(path.resolve().as_uri())
+        # a loaded page: every element parsed and every image decoded (or failed) before counting
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(driver, 60).until(
+            lambda d: d.execute_script(
+                "return document.readyState === 'complete' && "
+                "Array.from(document.images).every(i => i.complete)"
+            )
+        )
+        scripts = driver.execute_script(
+            "return Array.from(document.scripts).map(s => s.src).filter(s => s)"
+        )
         images = driver.execute_script(
             "return Array.from(document.images).map(i => "
             "[i.src.slice(0, 22), i.complete && i.naturalWidth > 0, i.naturalWidth])"
@@ -60,13 +74,18 @@ def open_report(path: Path, screenshot: Path | None = None) -> dict:
             driver.save_screenshot(str(screenshot))
     finally:
         driver.quit()
-    return {"images": images, "tables": tables, "links": links, "text": text}
+    return {"images": images, "tables": tables, "links": links, "text": text, "scripts": scripts}
 
 
 def check_report(path: Path, claims: pd.DataFrame, links_exist: bool) -> dict:
     """Assert what every published report must show; the browser's view of it."""
     seen = open_report(path)
     assert seen["images"], "the report shows no figure"
+    in_file = path.read_text().count("<img ")
+    assert len(seen["images"]) == in_file, f"{len(seen['images'])} of the {in_file} images shown"
+    assert not seen["scripts"], (
+        f"the report fetches scripts, unreachable offline: {seen['scripts']}"
+    )
     broken = [src for src, ok, _ in seen["images"] if not ok]
     assert not broken, f"{len(broken)} image(s) do not load: {broken[:3]}"
     claim_tables = [rows for head, rows in seen["tables"] if {"claim", "verdict"} <= set(head)]
