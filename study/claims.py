@@ -37,6 +37,14 @@ from study.stats import detectable_difference, paired_diff, seeds_for_margin, t9
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
 
+def matched_level(runs: pd.DataFrame, kl_levels: Sequence[float]) -> float | None:
+    """The largest of `kl_levels` that every run of `runs` (every variant and seed; columns
+    `gold_at_kl<x>`) reached, or None: the one level where all of them are compared."""
+    require_columns(runs, [f"gold_at_kl{x:g}" for x in kl_levels], "PPO runs")
+    reached = [x for x in kl_levels if runs[f"gold_at_kl{x:g}"].notna().all()]
+    return max(reached) if reached else None
+
+
 def _values(x: Sequence[float]) -> np.ndarray:
     a = np.asarray(list(x), np.float64)
     return a[np.isfinite(a)]

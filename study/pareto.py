@@ -19,12 +19,6 @@ def variant_of(arm: str) -> str:
     return "single" if arm == "single" else f"{arm}_min"
 
 
-def matched_level(runs: pd.DataFrame, kl_levels: Sequence[float]) -> float | None:
-    """The largest of `kl_levels` that every run (every variant and seed) reached, or None."""
-    reached = [x for x in kl_levels if runs[f"gold_at_kl{x:g}"].notna().all()]
-    return max(reached) if reached else None
-
-
 def cost_and_gold(runs: pd.DataFrame, train: pd.DataFrame, level: float) -> pd.DataFrame:
     """Per arm: its training compute (`encoder_epochs`, the same for every seed), the measured
     training seconds and PPO gold at KL `level`, as mean, 95% interval and seeds (`train`: arm,

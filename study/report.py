@@ -1,13 +1,16 @@
 """Small readings for the report page (`notebooks/08_report.ipynb`): which evaluations to show as
-examples, and the summary of an RLOO run beside PPO."""
+examples, the summary of an RLOO run beside PPO, the headline metrics, and the executed notebook
+of every stage the pipeline declares."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 
 from study.analysis import require_columns
+from study.claims import matched_level
 
 
 def example_steps(evals: pd.DataFrame, kl_levels: Sequence[float]) -> list[int]:
@@ -45,10 +48,10 @@ def headline_metrics(
     best-of-n gold at its largest n; and how many claims got each verdict."""
     require_columns(runs, ("variant", "seed"), "PPO runs")
     require_columns(bon, ("variant", "seed", "n", "gold"), "best-of-n curves")
-    reached = [x for x in kl_levels if runs[f"gold_at_kl{x:g}"].notna().all()]
-    out: dict = {"matched_kl": max(reached) if reached else None}
-    if reached:
-        col = f"gold_at_kl{max(reached):g}"
+    level = matched_level(runs, kl_levels)
+    out: dict = {"matched_kl": level}
+    if level is not None:
+        col = f"gold_at_kl{level:g}"
         out["ppo_gold_at_matched_kl"] = runs.groupby("variant", sort=False)[col].mean().to_dict()
     bon = bon[bon["variant"].isin(runs["variant"].unique())]
     top = bon[bon["n"] == bon.groupby("variant")["n"].transform("max")]
@@ -56,3 +59,27 @@ def headline_metrics(
     verdicts = claims["verdict"].str.split(" (", regex=False).str[0].value_counts()
     out["verdicts"] = {k: int(v) for k, v in verdicts.items()}
     return out
+
+
+def executed_pages(root: Path | str = ".") -> pd.DataFrame:
+    """Every executed notebook that a stage of `root`'s dvc.yaml renders to HTML under reports/
+    (DVC expands `foreach` and `matrix`), in the order of dvc.yaml: columns `stage` (the stage's
+    name before `@`), `item` (the part after it, '' for a plain stage) and `page` (the file name
+    under reports/). Read from the pipeline's declaration, not from the disk, so the list is the
+    same wherever the report is rendered. (DVC refuses dvc.yaml as a dependency: a stage added
+    to it joins the list when the report next runs.)"""
+    from dvc.repo import Repo
+
+    repo = Repo(str(root))
+    try:
+        rows = [
+            {"stage": s.name.split("@")[0], "item": s.name.partition("@")[2],
+             "page": Path(str(o.def_path)).name}
+            for s in repo.index.stages
+            for o in s.outs
+            if str(o.def_path).startswith("reports/") and str(o.def_path).endswith(".html")
+            and Path(str(o.def_path)).name != "index.html"
+        ]  # fmt: skip
+    finally:
+        repo.close()
+    return pd.DataFrame(rows, columns=["stage", "item", "page"])

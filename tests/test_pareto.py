@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study.pareto import cheap_claims, cost_and_gold, matched_level, pareto_front
+from study.claims import matched_level
+from study.pareto import cheap_claims, cost_and_gold, pareto_front
 
 
 def test_the_front_keeps_what_nothing_cheaper_beats():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from study.heads import finite_or_none, heads_claims, rm_summary, sweep_row
-from study.report import example_steps, rloo_summary
+from study.report import example_steps, executed_pages, rloo_summary
 
 
 def test_example_steps_nearest_each_reached_level_and_the_last():
@@ -97,3 +97,35 @@ def test_headline_metrics_take_the_level_every_seed_reached():
     assert m["ppo_gold_at_matched_kl"] == {"a": 1.5, "b": 4.0}
     assert m["bon_gold_at_max_n"] == {"a": 1.5, "b": 4.0}  # c is no PPO variant; b's max n is 256
     assert m["verdicts"] == {"inconclusive": 2, "supported": 1, "not supported": 1}
+
+
+def test_executed_pages_are_the_html_outs_dvc_yaml_declares_matrix_expanded(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n"
+        "  world:\n"
+        "    cmd: echo\n"
+        "    outs: [reports/01_world.html, results/world.json]\n"
+        "  ppo:\n"
+        "    matrix: {arm: [single, ensemble], seed: [0, 1]}\n"
+        "    cmd: echo\n"
+        "    outs:\n"
+        "      - reports/03_${item.arm}_s${item.seed}.html\n"
+        "      - reports/03_${item.arm}_s${item.seed}.ipynb\n"
+        "  report:\n"
+        "    cmd: echo\n"
+        "    outs: [reports/index.html]\n"
+    )
+    dvc = Path(sys.executable).parent / "dvc"
+    subprocess.run([str(dvc), "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    pages = executed_pages(tmp_path)  # nothing on disk: the list is the declaration's
+    assert pages.to_dict("records") == [
+        {"stage": "world", "item": "", "page": "01_world.html"},
+        {"stage": "ppo", "item": "single-0", "page": "03_single_s0.html"},
+        {"stage": "ppo", "item": "single-1", "page": "03_single_s1.html"},
+        {"stage": "ppo", "item": "ensemble-0", "page": "03_ensemble_s0.html"},
+        {"stage": "ppo", "item": "ensemble-1", "page": "03_ensemble_s1.html"},
+    ]
