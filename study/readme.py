@@ -1,9 +1,10 @@
-"""The README's result tables, generated from the committed result files, never typed.
+"""The result tables of the README and of docs/results.md, generated from the committed result
+files, never typed.
 
-Blocks of the README between `<!-- generated: NAME -->` and `<!-- /generated: NAME -->` are
-rewritten by `python -m study.readme` from the tables the pipeline wrote (and git carries):
-the claims, gold at matched KL run by run, the aggregations, the number of heads, the replication
-and the world (`SOURCES`). A test holds the README to them.
+Blocks of those pages (`PAGES`) between `<!-- generated: NAME -->` and `<!-- /generated: NAME -->`
+are rewritten by `python -m study.readme` from the tables the pipeline wrote (and git carries):
+the claims, gold at matched KL run by run, the aggregations, the number of heads, the cheap arms,
+the replication, the reward models and the world (`SOURCES`). A test holds the pages to them.
 """
 
 from __future__ import annotations
@@ -286,10 +287,29 @@ def generated(text: str, name: str) -> str | None:
     return m.group(2) if m else None
 
 
+# the pages whose generated blocks this module writes: the README (the front page) and the
+# results in full (docs/results.md); each block lives on one of them
+PAGES = ("README.md", "docs/results.md")
+
+
+def write_pages(root: str | Path = ".") -> dict[str, list[str]]:
+    """Rewrite every generated block of every page under `root`; {page: the blocks it holds}.
+    A block that no page holds is an error naming it (before any page is written)."""
+    root = Path(root)
+    made = blocks(root)
+    texts = {page: (root / page).read_text() for page in PAGES}
+    held = {
+        page: [n for n in made if generated(text, n) is not None] for page, text in texts.items()
+    }
+    homeless = [n for n in made if not any(n in names for names in held.values())]
+    if homeless:
+        raise ValueError(f"no page of {PAGES} holds the generated block(s) {homeless}: add "
+                         f"<!-- generated: NAME --> <!-- /generated: NAME --> to one of them")  # fmt: skip
+    for page, text in texts.items():
+        (root / page).write_text(rewrite(text, {n: made[n] for n in held[page]}))
+    return held
+
+
 if __name__ == "__main__":
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
-    text = path.read_text()
-    new = rewrite(text, blocks(path.parent),
-                  lambda n: print(f"{path}: no block '{n}'", file=sys.stderr))  # fmt: skip
-    path.write_text(new)
-    print(f"{path}: {', '.join(blocks(path.parent)) or 'no result files found'}")
+    for page, names in write_pages(Path(sys.argv[1] if len(sys.argv) > 1 else ".")).items():
+        print(f"{page}: {', '.join(names) or 'no generated block'}")

@@ -3,18 +3,39 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
-from study.readme import blocks, claims_block, generated, matched_kl_block, rewrite
+from study.readme import (
+    PAGES,
+    blocks,
+    claims_block,
+    generated,
+    matched_kl_block,
+    rewrite,
+    write_pages,
+)
 from tests.conftest import ROOT
 
 
-def test_every_generated_block_of_the_readme_matches_the_committed_results():
-    text = (ROOT / "README.md").read_text()
-    made = blocks(ROOT)
-    for name, body in made.items():
-        assert generated(text, name) == body, (
-            f"README block '{name}' differs from the committed results: run python -m study.readme"
+def test_every_generated_block_of_the_pages_matches_the_committed_results():
+    pages = {page: (ROOT / page).read_text() for page in PAGES}
+    for name, body in blocks(ROOT).items():
+        on = [page for page, text in pages.items() if generated(text, name) is not None]
+        assert len(on) == 1, f"block '{name}' is on {on or 'no page'}: one of {PAGES} holds it"
+        assert generated(pages[on[0]], name) == body, (
+            f"{on[0]}: block '{name}' differs from the committed results: run python -m study.readme"
         )
+
+
+def test_write_pages_names_a_block_no_page_holds_and_writes_nothing(tmp_path):
+    for page in PAGES:
+        (tmp_path / page).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / page).write_text(
+            "<!-- generated: claims -->\nold\n<!-- /generated: claims -->\n"
+        )
+    with pytest.raises(ValueError, match="holds the generated block"):
+        write_pages(tmp_path)
+    assert all("old" in (tmp_path / page).read_text() for page in PAGES)
 
 
 def test_rewrite_replaces_only_the_named_block():
