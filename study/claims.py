@@ -245,6 +245,15 @@ def ppo_row(
                    all_seeds=col.startswith("gold_at_kl"))  # fmt: skip
 
 
+def finding(runs: pd.DataFrame, a: str, b: str, col: str, margin: float = 0.0) -> str:
+    """A figure title's statement of what it shows: variant `a` against `b` on `col` of the PPO
+    runs, paired over the seeds both ran, with the verdict of the claims table's rule for 'a is
+    better' (or, with `margin` > 0, 'a is as good as b')."""
+    c = ppo_row(runs, "", "", "", a, b, col, "parity" if margin > 0 else "better", margin)
+    where = col.replace("gold_at_kl", "gold at KL ").replace("gold_final", "final gold")
+    return f"{where}: {c.measured} ({c.design}), {c.verdict}"
+
+
 def headline_claims(
     runs: pd.DataFrame,
     claims_kl: float,

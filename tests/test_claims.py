@@ -172,3 +172,20 @@ def test_with_overrides_checks_section_key_and_type():
     ):
         with pytest.raises(ConfigError, match=match):
             with_overrides(params, [bad])
+
+
+def test_finding_states_the_paired_difference_and_its_verdict_by_hand():
+    from scipy import stats
+
+    from study.claims import finding
+
+    runs = pd.DataFrame({"variant": ["a"] * 3 + ["b"] * 3, "seed": [0, 1, 2] * 2,
+                         "gold_at_kl5": [2.0, 2.6, 3.1, 1.5, 2.0, 2.5]})  # fmt: skip
+    d = np.array([0.5, 0.6, 0.6])  # a - b, seed by seed
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)  # 0.143
+    assert f"{half:.2f}" == "0.14"
+    assert finding(runs, "a", "b", "gold_at_kl5") == (
+        "gold at KL 5: a 2.57 vs b 2.00: difference +0.57 ± 0.14 (paired over 3 seeds), supported"
+    )
+    # as a parity claim, the whole interval lies outside ±0.2
+    assert finding(runs, "a", "b", "gold_at_kl5", margin=0.2).endswith(", not supported")
