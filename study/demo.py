@@ -62,8 +62,9 @@ def demo_params(params: dict, overrides: dict = DEMO) -> dict:
     return out
 
 
-def copy_project(root: Path, work: Path) -> None:
-    """The code, notebooks and pipeline of `root` into `work` (a fresh git + DVC project)."""
+def copy_code(root: Path, work: Path) -> None:
+    """The code, notebooks, pipeline and params of `root` into `work` (over what is there: a
+    project brought up to date keeps its results and DVC cache); the tests' projects too."""
     for name in PROJECT:
         src = root / name
         if src.is_dir():
@@ -71,6 +72,12 @@ def copy_project(root: Path, work: Path) -> None:
                             ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
         elif src.exists():
             shutil.copy2(src, work / name)
+
+
+def copy_project(root: Path, work: Path) -> None:
+    """The code, notebooks and pipeline of `root` into `work` (a fresh git + DVC project), with
+    the demo's params."""
+    copy_code(root, work)
     raw = yaml.safe_load((root / "params.yaml").read_text())
     (work / "params.yaml").write_text(yaml.safe_dump(demo_params(raw), sort_keys=False))
     for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from study.demo import copy_code
 from study.preferences import load_preferences
 from study.world.build import build_world, load_summary
 from tests.conftest import ROOT
@@ -79,14 +79,7 @@ def test_same_seed_same_bytes_so_a_rebuilt_world_leaves_later_stages_up_to_date(
 
 
 def _copy_project(dst: Path) -> None:
-    for name in ("study", "notebooks", "dvc.yaml", "params.yaml", "pyproject.toml"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(
-                src, dst / name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
-            )
-        else:
-            shutil.copy2(src, dst / name)
+    copy_code(ROOT, dst)
 
 
 def test_world_stage_runs_under_dvc_at_smoke_scale(tmp_path):
