@@ -657,6 +657,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cores < 1:
         p.error(f"--cores {args.cores}: must be >= 1")
 
+    from dvc.lock import LockError
+
     from study.config import load_params
 
     try:
@@ -665,6 +667,13 @@ def main(argv: list[str] | None = None) -> int:
         run = plan(stages, stale, args.targets, args.force, args.single_item)
     except ValueError as e:  # a bad target, param or stage meta: named, before anything runs
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except LockError as e:  # another dvc command (a running pipeline) holds the repository
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+        holders = list(dict.fromkeys(x for x in lines if x.startswith("(PID")))
+        print(f"error: another DVC command is running here ({lines[0]})", *holders,
+              "Run this again when it has finished; if no such process exists, remove "
+              ".dvc/tmp/rwlock.", sep="\n  ", file=sys.stderr)  # fmt: skip
         return 2
     if not run:
         print("Data and pipelines are up to date.")

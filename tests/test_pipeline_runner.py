@@ -5,10 +5,13 @@ themselves what ran, in what order and what overlapped."""
 
 import csv
 import itertools
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -369,3 +372,28 @@ def test_a_program_missing_from_path_is_named_before_anything_runs(tmp_path, mon
     assert main(["--engine", "local"]) == 2
     assert "need no-such-tool-xyz, not found on PATH" in capsys.readouterr().err
     assert not (root / "events").exists()
+
+
+def test_a_repository_another_dvc_command_holds_is_named_not_a_traceback(
+    tmp_path, monkeypatch, capsys
+):
+    from study.pipeline import main
+
+    root = _project(tmp_path, _stage("a", [], meet="nobody", sleep=30))
+    held = subprocess.Popen([*DVC, "repro", "a"], cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        for _ in range(300):  # until the stage's command runs (DVC holds its outs' lock)
+            if (root / "a.up").exists():
+                break
+            time.sleep(0.1)
+        monkeypatch.chdir(root)
+        (root / "params.yaml").write_text("profile: default\n")
+        monkeypatch.setattr("study.config.load_params", lambda _p: PARAMS)
+        assert main(["--engine", "local", "--dry"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: another DVC command is running here"), err
+        assert f"(PID {held.pid})" in err and "Traceback" not in err
+    finally:
+        os.killpg(held.pid, signal.SIGKILL)
+        held.wait()
