@@ -331,3 +331,28 @@ def test_every_stage_reads_its_params_from_the_resolved_active_profile():
             assert "profile" in entry[RESOLVED], name
     resolved = yaml.safe_load((ROOT / RESOLVED).read_text())
     assert resolved == yaml.safe_load(yaml.safe_dump(load_params(ROOT / "params.yaml").to_dict()))
+
+
+def test_an_edit_to_an_inactive_profile_leaves_the_resolved_params_byte_identical(tmp_path):
+    """What every stage but resolve_params reads is params.resolved.yaml: an edit to the smoke or
+    paper block, with the default profile active, rewrites it to the same bytes, so DVC finds
+    the default pipeline up to date after resolve_params reruns."""
+    import yaml
+
+    from study.config import write_resolved
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["profile"] = "default"
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    raw["smoke"]["ppo"]["steps"] = raw["smoke"]["ppo"]["steps"] + 1
+    raw["paper"]["sampling"]["batch_size"] = 7
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    def resolved(name: str) -> str:  # the file less its header, which names the source file
+        out = write_resolved(tmp_path / f"{name}.yaml", tmp_path / f"{name}.resolved.yaml")
+        return "".join(x for x in out.read_text().splitlines(True) if not x.startswith("#"))
+
+    assert resolved("a") == resolved("b")
+    raw["default"] = {**(raw.get("default") or {}), "bon": {"n_samples": 128}}  # the active one
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert resolved("c") != resolved("a")
