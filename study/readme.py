@@ -140,6 +140,46 @@ def replicate_block(side: pd.DataFrame) -> str:
     )
 
 
+# the comparisons the README's "in short" states, each as (arm a, arm b, what a against b asks)
+IN_SHORT = (
+    ("ensemble_min", "single", "The full ensemble's minimum against one reward model"),
+    ("multihead_min", "single", "The multi-head minimum as the paper's text trains it (1 epoch) "
+     "against one reward model"),
+    ("multihead_min", "ensemble_min", "The same multi-head model as good as the ensemble "
+     "(parity within ±0.2)"),
+    ("multihead-3ep_min", "ensemble_min", "Multi-head at the ensemble's 3 epochs as good as the "
+     "ensemble"),
+    ("multihead-authors_min", "ensemble_min", "Multi-head in the authors' code's regime as good "
+     "as the ensemble"),
+    ("ensemble-k1_min", "single", "One reward model trained 3 epochs instead of 1 (the epochs "
+     "alone)"),
+    ("ensemble_min", "ensemble-k1_min", "Five such members against one (the ensembling alone)"),
+)  # fmt: skip
+
+
+def in_short_block(side: pd.DataFrame) -> str:
+    """The headline in a few lines, from the replication table's pooled columns (all seeds): the
+    single proxy's overoptimisation count, then each comparison of `IN_SHORT` at the largest KL
+    level every seed of every arm reached."""
+    level = matched_level(side.rename(columns={"verdict_all": "verdict"}))
+    over = side[side["measure"] == "PPO runs overoptimised (single)"]
+    lines = [f"- Optimising the single proxy overoptimises (gold peaks, then falls while the proxy "
+             f"rises) in {r.measured_all}: **{r.verdict_all}**." for r in over.itertuples()]  # fmt: skip
+    if level is None:
+        return "\n".join([*lines, "- No KL level was reached by every seed of every arm."])
+    at = side[side["measure"] == f"PPO gold at KL {level:g}"]
+    for a, b, what in IN_SHORT:
+        row = at[at["measured_all"].str.startswith(f"{a} ")
+                 & at["measured_all"].str.contains(f" vs {b} ", regex=False)]  # fmt: skip
+        if row.empty:
+            continue
+        r = row.iloc[0]
+        diff = r["measured_all"].split("difference ", 1)[-1].split(" (margin", 1)[0]
+        lines.append(f"- {what}: {diff} gold at KL {level:g}, {r['design_all']}: "
+                     f"**{r['verdict_all']}**.")  # fmt: skip
+    return "\n".join(lines)
+
+
 def reward_models_block(metrics: dict) -> str:
     """Per reward-model arm (`results/rm/metrics.json`): clean accuracy of one head and of the
     minimum, the heads' correlation on held-out pairs, how far the heads moved from their start,
@@ -244,6 +284,7 @@ SOURCES.update({
         lambda p: cheap_block(pd.read_csv(p), _claims(p.with_name("claims.csv"))),
     ),
     "replicate": ("results/replicate/claims.csv", lambda p: replicate_block(_claims(p))),
+    "in-short": ("results/replicate/claims.csv", lambda p: in_short_block(_claims(p))),
     "world": ("results/world/metrics.json", lambda p: world_block(json.loads(p.read_text()))),
     "reward-models": (
         "results/rm/metrics.json", lambda p: reward_models_block(json.loads(p.read_text()))

@@ -101,3 +101,29 @@ def test_the_replication_block_shows_the_matched_level_and_counts_agreement():
     rows = [x.split(" | ")[0].strip("| ") for x in block.splitlines()[2:] if x.startswith("| ")]
     assert rows == ["over", "a", "c"]  # KL 10 was not reached by every seed: not shown
     assert "2 of 3 verdicts shown agree" in block and "(3 of 4 over every row" in block
+
+
+def test_in_short_states_each_comparison_at_the_level_every_seed_reached():
+    from study.readme import in_short_block
+
+    def row(measure, measured, verdict):
+        return {"claim": "c", "measure": measure, "measured_all": measured,
+                "verdict_all": verdict, "design_all": "paired over 10 seeds"}  # fmt: skip
+
+    side = pd.DataFrame([
+        row("PPO runs overoptimised (single)", "9 of 10 seeds", "supported"),
+        row("PPO gold at KL 5", "ensemble_min 2.22 vs single 1.74: difference +0.48 ± 0.08",
+            "supported"),
+        row("PPO gold at KL 10", "ensemble_min 2.00 vs single 1.20: difference +0.80 ± 0.30",
+            "inconclusive (level reached by 2/10 and 10/10 seeds)"),
+        row("PPO gold at KL 5", "multihead_min 1.82 vs ensemble_min 2.22: difference -0.40 ± 0.18 "
+            "(margin ±0.2)", "not supported"),
+    ])  # fmt: skip
+    assert in_short_block(side).splitlines() == [
+        "- Optimising the single proxy overoptimises (gold peaks, then falls while the proxy "
+        "rises) in 9 of 10 seeds: **supported**.",
+        "- The full ensemble's minimum against one reward model: +0.48 ± 0.08 gold at KL 5, "
+        "paired over 10 seeds: **supported**.",
+        "- The same multi-head model as good as the ensemble (parity within ±0.2): -0.40 ± 0.18 "
+        "gold at KL 5, paired over 10 seeds: **not supported**.",
+    ]
