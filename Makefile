@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup study study-agg study-k study-replicate study-cheap figures lab demo test lint clean
+.PHONY: setup study study-agg study-k study-replicate study-cheap figures lab demo test test-fast lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest -q
+
+# the developer's edit-test loop: the unit tests, without models, pipelines or processes
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow and not processes" -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV)

@@ -19,6 +19,8 @@ import pytest
 
 from study.pipeline import execute, execute_ray, load_stages, plan, priorities, start_order
 
+pytestmark = pytest.mark.processes
+
 PARAMS = SimpleNamespace(run=SimpleNamespace(threads=1, wide_threads=2))
 DVC = [sys.executable, "-m", "dvc"]
 

@@ -49,6 +49,7 @@ def test_schedule_warms_up_then_decays():
     assert lr_at(10, cfg) == 1.0 and abs(lr_at(100, cfg) - 0.1) < 1e-9
 
 
+@pytest.mark.slow
 def test_short_training_lowers_loss_and_changes_weights(tokenizer, corpus):
     prompts, responses, _ = corpus
     cfg = SFTConfig(
