@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup study study-agg study-k study-replicate study-cheap figures lab demo test test-fast lint clean
+.PHONY: setup study study-agg study-k study-replicate study-cheap study-noise figures lab demo test test-fast lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ study-replicate: setup
 
 study-cheap: setup
 	$(BIN)/python -m study.pipeline cheap
+
+study-noise: setup
+	$(BIN)/python -m study.pipeline noise
 
 # the stages that read only committed tables (never a model): every figure notebook that does, the
 # claims and the report, rerun in a minute on a fresh clone (a stage whose cached outputs are absent

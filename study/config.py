@@ -314,6 +314,8 @@ class PreferencesConfig:
 RESAMPLING = ("none", "bootstrap", "poisson")
 HEAD_INITS = ("normal", "linear")
 # cheap uncertainty from one trained model (study.cheap_ensembles), and the family it makes
+# the label-noise sweep's flip rates beside the world's own (preferences.flip_rate, 0.25)
+NOISE_RATES = (0.0, 0.1, 0.4)
 UNCERTAINTY = {"none": None, "laplace": "multihead", "dropout": "ensemble", "lora": "ensemble"}
 
 
@@ -369,6 +371,10 @@ class RewardConfig:
     )
     dropout_rate: float = _f(0.1, "Share of MLP units each member drops (uncertainty: dropout).")
     lora_rank: int = _f(8, "Rank of each member's adapters (uncertainty: lora).")
+    label_noise: float | None = _f(
+        None,
+        "Share of the training labels flipped for this arm, drawn afresh from the clean labels (study.preferences.relabel: one draw per pair, so the pairs flipped at a lower rate are among those flipped at a higher one); None keeps the world's labels (preferences.flip_rate).",
+    )
     uwo_lambda: float = _f(
         0.5, "Weight of the head variance in UWO (mean - lambda * population variance)."
     )
@@ -393,6 +399,14 @@ class RewardConfig:
             "multihead-laplace": {"family": "multihead", "overrides": ["uncertainty=laplace"]},
             "ensemble-dropout": {"family": "ensemble", "overrides": ["uncertainty=dropout"]},
             "ensemble-lora": {"family": "ensemble", "overrides": ["uncertainty=lora"]},
+            **{
+                f"{family}-noise{round(100 * rate)}": {
+                    "family": family,
+                    "overrides": [f"label_noise={rate}"],
+                }
+                for family in ("single", "multihead", "ensemble")
+                for rate in NOISE_RATES
+            },
         },
         "Named reward-model arms beyond the three families: name -> {family, overrides of this section ('key=value')}. A name is '<family>-<tag>'; it trains and is optimised like its family (rm@<name>-<seed>, variant <name>_min).",
     )
@@ -453,6 +467,11 @@ class RewardConfig:
                 f"{where}.overrides",
                 "must be a list of 'key=value' strings of the reward section (not arms)",
             )
+        _check(
+            self.label_noise is None or 0.0 <= self.label_noise < 0.5,
+            "reward.label_noise",
+            f"must be None or in [0, 0.5), got {self.label_noise}",
+        )
         _check(self.uwo_lambda >= 0, "reward.uwo_lambda", "must be >= 0")
         _check(self.eval_batch_size >= 1, "reward.eval_batch_size", "must be >= 1")
 
@@ -559,7 +578,7 @@ class PPOConfig:
     warmup_steps: int = _f(3, "Linear warm-up steps, then cosine decay to 10%.")
     kl_coef: float = _f(
         0.005,
-        "beta: weight of the per-token KL penalty in the shaped reward. At 0.005 and 60 steps the single and multi-head arms pass KL 10 (past the single proxy's peak) in every seed, the full ensemble's minimum in 1 of 5 (it levels off at KL 8-11).",
+        "beta: weight of the per-token KL penalty in the shaped reward (docs/methods.md, 'The KL budget').",
     )
     adaptive_kl: bool = _f(False, "Adapt beta towards kl_target (Ziegler et al.).")
     kl_target: float = _f(6.0, "Target KL (nats per response) of the adaptive controller.")

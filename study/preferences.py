@@ -78,6 +78,40 @@ def label_pairs(
     return df.loc[~tie].reset_index(drop=True)
 
 
+RELABEL_STREAM = 0x6E6F6973  # the label-noise sweep's own random stream, apart from the world's
+
+
+def relabel(df: pd.DataFrame, rate: float, seed: int) -> pd.DataFrame:
+    """The same pairs with a share `rate` of their labels flipped afresh from the clean ones.
+
+    Each pair gets one uniform draw, keyed by its `pair_id` (so any split or order of the table
+    draws the same), and is flipped where its draw is below `rate`: the pairs flipped at a lower
+    rate are among those flipped at a higher one, so noise levels differ in one thing. Sides are
+    swapped (responses, finished flags, gold columns) wherever the new label differs from the
+    file's, and `flipped` records the new labels.
+    """
+    if not 0.0 <= rate < 0.5:
+        raise ValueError(f"label-noise rate must be in [0, 0.5), got {rate}")
+    missing = {"pair_id", "flipped", "chosen", "rejected"} - set(df.columns)
+    if missing:
+        raise PreferenceDataError(f"relabel: missing column(s) {', '.join(sorted(missing))}")
+    ids = df["pair_id"].to_numpy()
+    if len(ids) and (ids.min() < 0 or not np.issubdtype(ids.dtype, np.integer)):
+        raise PreferenceDataError("relabel: pair_id must be non-negative integers")
+    size = int(ids.max()) + 1 if len(ids) else 0
+    draw = np.random.default_rng([seed, RELABEL_STREAM]).random(size)
+    flipped = draw[ids] < rate
+    swap = flipped != df["flipped"].to_numpy(bool)
+    out = df.copy()
+    for col in df.columns:
+        if "chosen" in col and col.replace("chosen", "rejected", 1) in df.columns:
+            other = col.replace("chosen", "rejected", 1)
+            out[col] = np.where(swap, df[other], df[col])
+            out[other] = np.where(swap, df[col], df[other])
+    out["flipped"] = flipped
+    return out
+
+
 def assign_splits(n: int, val_fraction: float, rng: np.random.Generator) -> np.ndarray:
     """'train' / 'val' for n rows, exactly round(val_fraction * n) of them 'val', at random."""
     n_val = max(1, round(val_fraction * n))

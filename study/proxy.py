@@ -77,10 +77,13 @@ def variant_spec(variant: str) -> tuple[str, str]:
     if variant == "gold":
         return "gold", "mean"
     arm, _, method = variant.partition("_")
-    if arm.partition("-")[0] not in ("multihead", "ensemble") or method not in METHODS:
+    family = arm.partition("-")[0]
+    named = family == "single" and arm != "single"  # a named single arm (single-noise10)
+    if (family not in ("multihead", "ensemble") and not named) or method not in METHODS:
         raise ValueError(
             f"variant {variant!r}: expected single, gold or <arm>_<min|mean|max|uwo>, where the "
-            "arm is multihead, ensemble or a named arm of reward.arms (multihead-3ep, ...)"
+            "arm is multihead, ensemble or a named arm of reward.arms (multihead-3ep, "
+            "single-noise10, ...)"
         )
     return arm, method
 

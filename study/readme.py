@@ -230,6 +230,23 @@ def cheap_block(summary: pd.DataFrame, claims: pd.DataFrame) -> str:
     return markdown_table(pd.DataFrame(rows)) + "\n\n" + claims_block(claims)
 
 
+def noise_block(summary: pd.DataFrame, claims: pd.DataFrame) -> str:
+    """Per family and flip rate: PPO gold at the matched level, the gold lost after the peak and
+    the minimum's ECE (`results/noise/summary.csv`), then the label-noise claims."""
+    rows = [
+        {
+            "family": f"`{r.family}`",
+            "flip rate": f"{r.flip_rate:g}",
+            "PPO gold (mean ± 95%)": f"{r.gold:.2f} ± {r.gold_ci95:.2f}",
+            "gold lost after the peak": f"{r.gold_drop:.2f} ± {r.gold_drop_ci95:.2f}",
+            "overoptimised": f"{int(r.overoptimised)}/{int(r.seeds)}",
+            "ECE of the minimum": f"{r.ece:.3f} ± {r.ece_ci95:.3f}",
+        }
+        for r in summary.itertuples(index=False)
+    ]
+    return markdown_table(pd.DataFrame(rows)) + "\n\n" + claims_block(claims)
+
+
 # each block: the committed file it is generated from, and how
 SOURCES: dict[str, tuple[str, Callable[[Path], str]]] = {}
 
@@ -282,6 +299,10 @@ SOURCES.update({
     "cheap": (
         "results/cheap/summary.csv",
         lambda p: cheap_block(pd.read_csv(p), _claims(p.with_name("claims.csv"))),
+    ),
+    "noise": (
+        "results/noise/summary.csv",
+        lambda p: noise_block(pd.read_csv(p), _claims(p.with_name("claims.csv"))),
     ),
     "replicate": ("results/replicate/claims.csv", lambda p: replicate_block(_claims(p))),
     "in-short": ("results/replicate/claims.csv", lambda p: in_short_block(_claims(p))),

@@ -28,7 +28,7 @@ from study.config import Params, RewardConfig, with_override
 from study.hub import load_tokenizer
 from study.io import atomic_path, provenance, write_json, write_table
 from study.optim import length_grouped_batches, warmup_cosine
-from study.preferences import load_preferences
+from study.preferences import load_preferences, relabel
 from study.reward_models import (
     FAMILIES,
     EnsembleRewardModel,
@@ -322,8 +322,12 @@ def reward_tokenizer(cfg: RewardConfig, world_dir: str | Path) -> PreTrainedToke
 def load_pairs(
     params: Params, world_dir: str | Path, split: str, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[pd.DataFrame, EncodedPairs]:
-    """A validated preference split of the world and its encoding for the reward models."""
+    """A validated preference split of the world and its encoding for the reward models. With
+    `reward.label_noise` set, the training split's labels are redrawn at that rate from the clean
+    ones (`relabel`); the validation split keeps the world's."""
     df = load_preferences(world_dir, split)
+    if split == "train" and params.reward.label_noise is not None:
+        df = relabel(df, params.reward.label_noise, params.run.seed)
     enc = encode_pairs(tokenizer, df, params.sources.prompt_template, params.reward.max_length)
     return df, enc
 

@@ -90,9 +90,9 @@ def ppo_grid(exclude: tuple[str, ...] = ()) -> set[tuple[str, int]]:
 def test_the_ppo_summary_reads_exactly_the_ppo_grid():
     params = notebook_parameters("05_ppo_summary.ipynb")
     expected = {(v, s) for v, seeds in params["variants"].items() for s in seeds}
-    # the K sweep (heads), the mean and UWO (aggregations), the cheap-uncertainty arms and seeds
-    # 5-9 (replicate) have theirs
-    side = ("ppo_k", "ppo_agg", "ppo_cheap")
+    # the K sweep (heads), the mean and UWO (aggregations), the cheap-uncertainty arms, label noise
+    # and seeds 5-9 (replicate) have theirs
+    side = ("ppo_k", "ppo_agg", "ppo_cheap", "ppo_noise")
     assert expected == {(v, s) for v, s in ppo_grid(exclude=side) if s < 5}
     assert {f"results/ppo/{v}/seed{s}" for v, s in expected} <= set(DVC["ppo_summary"]["deps"])
 
@@ -108,7 +108,7 @@ def test_every_ppo_stage_reads_the_reward_models_of_its_own_arm_and_seed():
         for item in matrix_items(stage["matrix"]):  # every arm a PPO stage reads is trained
             if arm != "gold":
                 rm = substitute(arm, item)
-                trained = [it for st in ("rm", "rm_k", "rm_cheap")
+                trained = [it for st in ("rm", "rm_k", "rm_cheap", "rm_noise")
                            for it in matrix_items(DVC[st]["matrix"])]  # fmt: skip
                 assert {"family": rm, "seed": item["seed"]} in trained, (name, item)
 
