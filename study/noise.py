@@ -77,15 +77,19 @@ def noise_row(
 
 
 def noise_summary(rows: pd.DataFrame, level: float) -> pd.DataFrame:
-    """Per family and flip rate: gold at KL `level`, the gold lost after the peak and the ECE of
-    the minimum, each as mean and 95% interval over seeds, and the runs that overoptimised."""
+    """Per family and flip rate: gold at KL `level`, the gold lost after the peak, the ECE of the
+    minimum and (where the rows carry it) the win rate against SFT at `level`, each as mean and
+    95% interval over seeds, and the runs that overoptimised."""
     col = f"gold_at_kl{level:g}"
     need = ("family", "flip_rate", "seed", col, "gold_drop", "ece_clean_min", "overoptimised")
     require_columns(rows, need, "the label-noise sweep")
     out = []
     for (family, rate), g in rows.groupby(["family", "flip_rate"], sort=False):
         rec: dict[str, Any] = {"family": family, "flip_rate": rate, "seeds": len(g)}
-        for name, c in (("gold", col), ("gold_drop", "gold_drop"), ("ece", "ece_clean_min")):
+        measures = [("gold", col), ("gold_drop", "gold_drop"), ("ece", "ece_clean_min")]
+        if f"win_rate_at_kl{level:g}" in g:  # the annotator's verdict against SFT (study.winrate)
+            measures.append(("win_rate", f"win_rate_at_kl{level:g}"))
+        for name, c in measures:
             m, ci, n = mean_ci(g[c].to_numpy(float))
             rec |= {name: m, f"{name}_ci95": ci}
             if name == "gold":

@@ -241,6 +241,11 @@ def noise_block(summary: pd.DataFrame, claims: pd.DataFrame) -> str:
             "gold lost after the peak": f"{r.gold_drop:.2f} ± {r.gold_drop_ci95:.2f}",
             "overoptimised": f"{int(r.overoptimised)}/{int(r.seeds)}",
             "ECE of the minimum": f"{r.ece:.3f} ± {r.ece_ci95:.3f}",
+            **(
+                {"win rate against SFT": f"{r.win_rate:.3f} ± {r.win_rate_ci95:.3f}"}
+                if hasattr(r, "win_rate")
+                else {}
+            ),
         }
         for r in summary.itertuples(index=False)
     ]

@@ -180,3 +180,12 @@ def test_noise_summary_counts_and_means():
     assert ens["gold"] == pytest.approx(np.mean([2.1, 2.25, 2.15]))
     assert ens["seeds"] == 3 and ens["overoptimised"] == 0
     assert s.loc[s["family"] == "single", "overoptimised"].tolist() == [3, 3]
+
+
+def test_noise_summary_carries_the_win_rate_where_the_rows_have_it():
+    rows = sweep_rows()
+    assert "win_rate" not in noise_summary(rows, 10.0)
+    rows["win_rate_at_kl10"] = np.where(rows["family"] == "ensemble", 0.6, 0.4)
+    s = noise_summary(rows, 10.0).set_index(["family", "flip_rate"])
+    assert s.loc[("ensemble", 0.4), "win_rate"] == pytest.approx(0.6)
+    assert s.loc[("single", 0.0), "win_rate"] == pytest.approx(0.4)
