@@ -82,9 +82,15 @@ def _fmt(values: np.ndarray) -> str:
     return text
 
 
-def matched_kl_block(runs: pd.DataFrame, levels: Sequence[float]) -> str:
+def matched_kl_block(
+    runs: pd.DataFrame, levels: Sequence[float], wins: pd.DataFrame | None = None
+) -> str:
     """Per variant: seeds, runs overoptimised, gold at each KL level (mean ± 95% interval over
-    seeds; the seeds that reached it when not all), final gold and the range of final KL."""
+    seeds; the seeds that reached it when not all), final gold and the range of final KL; with
+    `wins` (`results/ppo/win_rate.csv`), the win rate against SFT at the largest level every
+    seed of every proxy variant (gold aside, the ceiling) reached."""
+    proxies = runs[runs["variant"] != "gold"]
+    top = max((x for x in levels if proxies[f"gold_at_kl{x:g}"].notna().all()), default=None)
     rows = []
     order = [v for v in HEADLINE if v in set(runs["variant"])]
     order += [v for v in dict.fromkeys(runs["variant"]) if v not in order]
@@ -101,6 +107,12 @@ def matched_kl_block(runs: pd.DataFrame, levels: Sequence[float]) -> str:
             row[f"gold at KL {x:g}"] = text
         row["final gold"] = _fmt(r["gold_final"].to_numpy(float))
         row["final KL"] = f"{r['kl_final'].min():.1f}–{r['kl_final'].max():.1f}"
+        if wins is not None and top is not None:
+            w = wins.loc[wins["variant"] == v, f"win_rate_at_kl{top:g}"].to_numpy(float)
+            reached = int(np.isfinite(w).sum())
+            row[f"win rate vs SFT at KL {top:g}"] = _fmt(w) + (
+                f" ({reached}/{len(w)} reached)" if 0 < reached < len(w) else ""
+            )
         rows.append(row)
     return markdown_table(pd.DataFrame(rows))
 
@@ -265,7 +277,8 @@ def _matched_kl(path: Path) -> str:
     levels = [
         float(c.removeprefix("gold_at_kl")) for c in runs.columns if c.startswith("gold_at_kl")
     ]
-    return matched_kl_block(runs, levels)
+    wins = path.with_name("win_rate.csv")
+    return matched_kl_block(runs, levels, pd.read_csv(wins) if wins.exists() else None)
 
 
 def figures_block(dvc_yaml: Path) -> str:

@@ -58,6 +58,18 @@ def test_tables_by_hand():
                          "kl_final": [12.0, 9.5]})  # fmt: skip
     row = matched_kl_block(runs, [10.0]).splitlines()[2]
     assert row == "| `single` | 2 | 1/2 | 1.00 (1/2 reached) | 2.00 ± 12.71 | 9.5–12.0 |"
+    # the win rate against SFT, at the largest level every seed of every proxy variant reached
+    runs = pd.DataFrame({"variant": ["single", "single", "gold", "gold"],
+                         "overoptimised": [True, False, False, False],
+                         "gold_at_kl5": [1.0, 2.0, 2.5, 2.5],
+                         "gold_at_kl10": [1.0, 1.0, 2.6, float("nan")],
+                         "gold_final": [1.0, 3.0, 2.7, 2.7], "kl_final": [12.0, 11.0, 11.0, 9.0]})  # fmt: skip
+    wins = pd.DataFrame({"variant": ["single", "single", "gold", "gold"], "seed": [0, 1, 0, 1],
+                         "win_rate_at_kl10": [0.4, 0.6, 0.7, float("nan")]})  # fmt: skip
+    table = matched_kl_block(runs, [5.0, 10.0], wins).splitlines()
+    assert table[0].endswith("| final KL | win rate vs SFT at KL 10 |")
+    assert table[2].endswith("| 0.50 ± 1.27 |")  # mean 0.5, t(1) * sd / sqrt(2)
+    assert table[3].endswith("| 0.70 (1/2 reached) |")
 
 
 def test_the_readme_claims_are_those_at_the_level_every_seed_reached():
