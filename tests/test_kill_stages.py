@@ -75,9 +75,17 @@ def _start(stage: str, inputs: Path, out: Path, kill_at: int = 0) -> subprocess.
     )  # fmt: skip
 
 
+def _revisionless(obj: object) -> object:
+    """A JSON value without the git revision a provenance records (a commit landing between the
+    reference run and the rerun changes it, not the result)."""
+    if isinstance(obj, dict):
+        return {k: _revisionless(v) for k, v in obj.items() if k != "git_revision"}
+    return obj
+
+
 def _timeless(name: str, data: bytes) -> object:
-    """A file's content with the wall-clock times a rerun may change left out: the `*seconds*`
-    columns of a table and keys of a JSON file."""
+    """A file's content with what a rerun may change without changing the result left out: the
+    wall-clock `*seconds*` columns of a table and keys of a JSON file, and the git revision."""
     if name.endswith(".parquet"):
         df = pd.read_parquet(io.BytesIO(data))
         df = df.drop(columns=[c for c in df.columns if "second" in c])
@@ -87,6 +95,7 @@ def _timeless(name: str, data: bytes) -> object:
             return df.to_json(double_precision=15)
     if name.endswith(".json"):
         obj = json.loads(data)
+        obj = _revisionless(obj)
         return {k: v for k, v in obj.items() if "second" not in k} if isinstance(obj, dict) else obj
     return data
 

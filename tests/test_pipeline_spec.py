@@ -75,6 +75,11 @@ def substitute(template: str, item: dict) -> str:
     return re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m.group(1)]), template)
 
 
+# the PPO matrices beside the headline: the K sweep (heads), the mean and UWO (aggregations), the
+# cheap-uncertainty arms and label noise
+SIDE_PPO = ("ppo_k", "ppo_agg", "ppo_cheap", "ppo_noise")
+
+
 def ppo_grid(exclude: tuple[str, ...] = ()) -> set[tuple[str, int]]:
     """(variant, seed) of every PPO stage the ppo_* matrices generate, read off their commands."""
     grid = set()
@@ -90,10 +95,8 @@ def ppo_grid(exclude: tuple[str, ...] = ()) -> set[tuple[str, int]]:
 def test_the_ppo_summary_reads_exactly_the_ppo_grid():
     params = notebook_parameters("05_ppo_summary.ipynb")
     expected = {(v, s) for v, seeds in params["variants"].items() for s in seeds}
-    # the K sweep (heads), the mean and UWO (aggregations), the cheap-uncertainty arms, label noise
-    # and seeds 5-9 (replicate) have theirs
-    side = ("ppo_k", "ppo_agg", "ppo_cheap", "ppo_noise")
-    assert expected == {(v, s) for v, s in ppo_grid(exclude=side) if s < 5}
+    # the side matrices and seeds 5-9 (replicate) have theirs
+    assert expected == {(v, s) for v, s in ppo_grid(exclude=SIDE_PPO) if s < 5}
     assert {f"results/ppo/{v}/seed{s}" for v, s in expected} <= set(DVC["ppo_summary"]["deps"])
 
 

@@ -23,7 +23,7 @@ from study.config import load_params
 from study.ppo_train import LOG_KEYS
 from study.reward_models import load_reward_model
 from tests.conftest import ROOT
-from tests.test_pipeline_spec import ppo_grid
+from tests.test_pipeline_spec import SIDE_PPO, ppo_grid
 from tests.test_world_stage import _copy_project
 
 pytestmark = pytest.mark.slow
@@ -148,7 +148,7 @@ def test_toy_ppo_on_the_smoke_world_resumes_to_the_same_tables(project, tmp_path
 
 def test_every_ppo_run_and_the_summary_are_written(project):
     root, _ = project
-    grid = {(v, s) for v, s in ppo_grid(exclude=("ppo_k", "ppo_agg", "ppo_cheap")) if s < 5}
+    grid = {(v, s) for v, s in ppo_grid(exclude=SIDE_PPO) if s < 5}
     assert len(grid) == 7 * 5  # the headline: seven variants on five seeds
     for variant, seed in grid:
         d = root / f"results/ppo/{variant}/seed{seed}"
