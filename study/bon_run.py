@@ -23,7 +23,7 @@ from study.bon import bon_curve
 from study.config import Params
 from study.generation import format_queries, sample
 from study.hub import load_tokenizer, make_gold
-from study.io import provenance, read_table, require, write_csv, write_json, write_table
+from study.io import load_prompts, provenance, require, write_csv, write_json, write_table
 from study.proxy import Scored, family_reward_fn, variant_spec
 
 
@@ -54,8 +54,7 @@ def score_bon_samples(
     cfg = params.bon
     torch.set_num_threads(params.run.threads)
     world = Path(world_dir)
-    prompts = read_table(world / "prompts.parquet", "the world stage")
-    held_out = prompts.loc[prompts["split"] == "eval", "prompt"].tolist()
+    held_out = load_prompts(world, "eval")
     if len(held_out) < cfg.n_prompts:
         raise ValueError(
             f"bon.n_prompts = {cfg.n_prompts} but the world has only {len(held_out)} held-out "

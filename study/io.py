@@ -31,6 +31,10 @@ class MissingArtifactError(FileNotFoundError):
     """An input a stage needs does not exist; the message says which stage makes it."""
 
 
+class ArtifactError(ValueError):
+    """An input a stage needs exists but cannot be used: unreadable, or its content malformed."""
+
+
 def require(path: str | Path, made_by: str) -> Path:
     """Return `path` if it exists, else raise naming it and the stage that produces it."""
     path = Path(path)
@@ -122,11 +126,53 @@ def write_table(path: str | Path, df: pd.DataFrame, prov: dict[str, Any] | None 
 def read_table(path: str | Path, made_by: str = "an earlier stage") -> pd.DataFrame:
     """Read a table written by `write_table`; its provenance is in `df.attrs['provenance']`."""
     path = require(path, made_by)
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+        raw = (table.schema.metadata or {}).get(PROVENANCE_KEY)
+        prov = json.loads(raw) if raw else None
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise ArtifactError(
+            f"{path}: not a readable Parquet table ({type(e).__name__}: {str(e)[:200]}); "
+            f"truncated or overwritten: rerun {made_by} (dvc repro --force <its stage>)"
+        ) from e
     df = table.to_pandas()
-    raw = (table.schema.metadata or {}).get(PROVENANCE_KEY)
-    df.attrs["provenance"] = json.loads(raw) if raw else None
+    df.attrs["provenance"] = prov
     return df
+
+
+PROMPT_SPLITS = ("rl", "eval")
+
+
+def load_prompts(world_dir: str | Path, split: str) -> list[str]:
+    """The prompts of one split ('rl': PPO's, 'eval': the held-out ones) of a built world's
+    `prompts.parquet`, checked: the `prompt` and `split` columns, every prompt non-empty text,
+    every split one of PROMPT_SPLITS, and at least one prompt in `split`. Raises ArtifactError
+    naming the file, the row and the column."""
+    if split not in PROMPT_SPLITS:
+        raise ValueError(f"split must be one of {PROMPT_SPLITS}, got {split!r}")
+    path = Path(world_dir) / "prompts.parquet"
+    df = read_table(path, "the world stage")
+    fix = "rebuild the world (dvc repro --force world) or correct the table"
+    missing = [c for c in ("prompt", "split") if c not in df.columns]
+    if missing:
+        raise ArtifactError(
+            f"{path}: missing column(s) {', '.join(missing)} "
+            f"(have: {', '.join(map(str, df.columns))}); {fix}"
+        )
+    for i, (prompt, where) in enumerate(zip(df["prompt"], df["split"], strict=True)):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ArtifactError(
+                f"{path}: row {i}: column 'prompt' must be non-empty text, got {prompt!r}; {fix}"
+            )
+        if where not in PROMPT_SPLITS:
+            raise ArtifactError(
+                f"{path}: row {i}: column 'split' is {where!r}, expected one of "
+                f"{', '.join(PROMPT_SPLITS)}; {fix}"
+            )
+    prompts = df.loc[df["split"] == split, "prompt"].tolist()
+    if not prompts:
+        raise ArtifactError(f"{path}: no prompt in split {split!r} ({len(df)} rows); {fix}")
+    return prompts
 
 
 def write_csv(path: str | Path, df: pd.DataFrame) -> Path:

@@ -38,8 +38,8 @@ from study.generation import Samples, format_queries, sample
 from study.hub import load_tokenizer, make_gold
 from study.io import (
     atomic_path,
+    load_prompts,
     provenance,
-    read_table,
     write_csv,
     write_json,
     write_table,
@@ -611,9 +611,7 @@ def train_ppo(
     ac = ActorCritic(policy, cfg.value_model).eval()
     gold = make_gold(params)
     reward_fn, method = variant_reward_fn(params, variant, seed, tokenizer, rm_root, gold)
-    prompts = read_table(world / "prompts.parquet", "the world stage")
-    rl = prompts.loc[prompts["split"] == "rl", "prompt"].tolist()
-    held_out = prompts.loc[prompts["split"] == "eval", "prompt"].tolist()
+    rl, held_out = load_prompts(world, "rl"), load_prompts(world, "eval")
     template, sampling = params.sources.prompt_template, params.sampling
     optimizer = make_optimizer(ac, cfg.lr, cfg.value_lr)
     kl_ctl = (

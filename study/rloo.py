@@ -62,7 +62,7 @@ from study.config import Params, RLOOConfig
 from study.generation import format_queries, left_pad
 from study.hf import RewardCallInfo, RewardFunction, load_bundle
 from study.hub import load_tokenizer, make_gold
-from study.io import atomic_path, read_table, require
+from study.io import atomic_path, load_prompts, require
 from study.optim import warmup_cosine
 from study.proxy import (
     HeadNormaliser,
@@ -349,8 +349,7 @@ def train_rloo(
         reward_fn = proxy_reward_fn(
             bundle.model, bundle.tokenizer, tokenizer, params.reward.max_length
         )
-    prompts = read_table(world / "prompts.parquet", "the world stage")
-    rl = prompts.loc[prompts["split"] == "rl", "prompt"].tolist()
+    rl = load_prompts(world, "rl")
     template, sampling = params.sources.prompt_template, params.sampling
 
     # 1. per-head normalisation on SFT samples, exactly as the PPO stage fits it

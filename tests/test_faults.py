@@ -109,6 +109,24 @@ def _train(world: Path, run_dir: Path, stop_after: int | None = None, params=Non
 
 
 @pytest.mark.slow
+def test_a_malformed_prompts_table_stops_ppo_and_best_of_n_before_they_sample(world, tmp_path):
+    from study.bon_run import run_bon_stage
+    from study.io import ArtifactError, write_table
+
+    broken = tmp_path / "broken"
+    shutil.copytree(world, broken)
+    prompts = pd.read_parquet(broken / "world" / "prompts.parquet")
+    write_table(broken / "world" / "prompts.parquet", prompts.assign(split="rl"))  # no eval split
+    with pytest.raises(ArtifactError, match=r"prompts\.parquet: no prompt in split 'eval'"):
+        _train(broken, tmp_path / "run")
+    assert not any((tmp_path / "run").glob("*.parquet"))  # nothing written
+    with pytest.raises(ArtifactError, match=r"prompts\.parquet: no prompt in split 'eval'"):
+        run_bon_stage(fault_params(), broken / "world", broken / "rm", tmp_path / "bon",
+                      ["multihead"], [SEED], progress=False)  # fmt: skip
+    assert not (tmp_path / "bon").exists()
+
+
+@pytest.mark.slow
 def test_a_nan_in_the_held_out_evaluation_stops_the_run(world, tmp_path, monkeypatch):
     import study.ppo_train as pt
 

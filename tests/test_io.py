@@ -3,7 +3,16 @@ import json
 import pandas as pd
 import pytest
 
-from study.io import MissingArtifactError, atomic_path, read_table, require, write_json, write_table
+from study.io import (
+    ArtifactError,
+    MissingArtifactError,
+    atomic_path,
+    load_prompts,
+    read_table,
+    require,
+    write_json,
+    write_table,
+)
 
 
 def test_atomic_file_write_leaves_nothing_on_failure(tmp_path):
@@ -130,3 +139,51 @@ def test_a_figure_records_the_commit_and_profile_that_made_it(tmp_path, monkeypa
     plt.close(fig)
     made_by = Image.open(tmp_path / "f.png").text["Description"]
     assert made_by == "study (no git commit, profile smoke)"
+
+
+PROMPTS = pd.DataFrame(
+    {"prompt": ["write a calm note .", "write a story .", "write a poem ."],
+     "split": ["rl", "rl", "eval"]}
+)  # fmt: skip
+
+
+def test_the_prompts_of_a_split_are_read_in_the_tables_order(tmp_path):
+    write_table(tmp_path / "prompts.parquet", PROMPTS)
+    assert load_prompts(tmp_path, "rl") == ["write a calm note .", "write a story ."]
+    assert load_prompts(tmp_path, "eval") == ["write a poem ."]
+    with pytest.raises(ValueError, match="split must be one of"):
+        load_prompts(tmp_path, "train")
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (PROMPTS.iloc[:0], r"no prompt in split 'rl' \(0 rows\)"),
+        (PROMPTS.drop(columns="split"), r"missing column\(s\) split \(have: prompt\)"),
+        (PROMPTS.rename(columns={"prompt": "text"}), r"missing column\(s\) prompt"),
+        (PROMPTS.assign(prompt=["a", None, "c"]), r"row 1: column 'prompt' must be non-empty text"),
+        (PROMPTS.assign(prompt=["a", "  ", "c"]), r"row 1: column 'prompt' must be non-empty text"),
+        (PROMPTS.assign(prompt=[1.0, 2.0, float("nan")]), r"row 0: column 'prompt'.*got 1\.0"),
+        (PROMPTS.assign(split=["rl", "train", "eval"]), r"row 1: column 'split' is 'train'"),
+        (PROMPTS.assign(split=["eval", "eval", "eval"]), r"no prompt in split 'rl' \(3 rows\)"),
+    ],
+    ids=["empty", "no-split", "no-prompt", "null", "blank", "numbers", "bad-split", "no-rl"],
+)
+def test_a_malformed_prompts_table_names_the_file_the_row_and_the_fix(tmp_path, table, message):
+    write_table(tmp_path / "prompts.parquet", table)
+    with pytest.raises(ArtifactError, match=message) as e:
+        load_prompts(tmp_path, "rl")
+    assert str(tmp_path / "prompts.parquet") in str(e.value)
+    assert "dvc repro --force world" in str(e.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "text", "empty"])
+def test_an_unreadable_table_names_the_file_and_the_stage_to_rerun(tmp_path, damage):
+    path = write_table(tmp_path / "t.parquet", PROMPTS)
+    data = path.read_bytes()
+    path.write_bytes(
+        {"truncated": data[: len(data) // 2], "text": b"prompt,split\na,rl\n", "empty": b""}[damage]
+    )
+    with pytest.raises(ArtifactError, match=r"t\.parquet: not a readable Parquet table") as e:
+        read_table(path, "the world stage")
+    assert "rerun the world stage" in str(e.value)

@@ -370,3 +370,25 @@ def test_a_truncated_checkpoint_is_named_with_what_to_do(policy_dir, tokenizer, 
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(RewardModelError, match=r"truncated or corrupt checkpoint.*dvc repro"):
         load_reward_model(tmp_path / "ens")
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        ("{not json", r"ensemble\.json: unreadable"),
+        ('{"heads": ["member_00"]}', r"ensemble\.json: unreadable \('members'\)"),
+        (
+            '{"members": ["member_00", "member_09"]}',
+            r"member_09: cannot read the reward model's files",
+        ),
+    ],
+    ids=["not-json", "no-members", "missing-member"],
+)
+def test_a_malformed_ensemble_manifest_is_named(policy_dir, tokenizer, tmp_path, manifest, message):
+    ensemble = EnsembleRewardModel(
+        [build_reward_model("policy", policy_dir, 1, seed=s) for s in range(2)]
+    )
+    save_reward_model(ensemble, tokenizer, tmp_path / "ens", {})
+    (tmp_path / "ens" / "ensemble.json").write_text(manifest)
+    with pytest.raises(RewardModelError, match=message):
+        load_reward_model(tmp_path / "ens")
