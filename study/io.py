@@ -133,7 +133,7 @@ def read_table(path: str | Path, made_by: str = "an earlier stage") -> pd.DataFr
     except (pa.ArrowException, OSError, ValueError) as e:
         raise ArtifactError(
             f"{path}: not a readable Parquet table ({type(e).__name__}: {str(e)[:200]}); "
-            f"truncated or overwritten: rerun {made_by} (dvc repro --force <its stage>)"
+            f"truncated or overwritten: rerun {made_by} with `dvc repro --force`"
         ) from e
     df = table.to_pandas()
     df.attrs["provenance"] = prov
@@ -141,6 +141,31 @@ def read_table(path: str | Path, made_by: str = "an earlier stage") -> pd.DataFr
 
 
 PROMPT_SPLITS = ("rl", "eval")
+
+
+def check_prompts(df: pd.DataFrame, where: str, fix: str, columns: tuple[str, ...]) -> None:
+    """Raise ArtifactError naming `where`, the row and the column (and `fix`) unless `df` has
+    `columns`, every `prompt` is non-empty text and every `split` (where there is one) is one of
+    PROMPT_SPLITS."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ArtifactError(
+            f"{where}: missing column(s) {', '.join(missing)} "
+            f"(have: {', '.join(map(str, df.columns))}); {fix}"
+        )
+    for i, prompt in enumerate(df["prompt"]):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ArtifactError(
+                f"{where}: row {i}: column 'prompt' must be non-empty text, got {prompt!r}; {fix}"
+            )
+    if "split" in df.columns:
+        bad = ~df["split"].isin(PROMPT_SPLITS).to_numpy()
+        if bad.any():
+            i = int(bad.argmax())
+            raise ArtifactError(
+                f"{where}: row {i}: column 'split' is {df['split'].iloc[i]!r}, expected one of "
+                f"{', '.join(PROMPT_SPLITS)}; {fix}"
+            )
 
 
 def load_prompts(world_dir: str | Path, split: str) -> list[str]:
@@ -153,22 +178,7 @@ def load_prompts(world_dir: str | Path, split: str) -> list[str]:
     path = Path(world_dir) / "prompts.parquet"
     df = read_table(path, "the world stage")
     fix = "rebuild the world (dvc repro --force world) or correct the table"
-    missing = [c for c in ("prompt", "split") if c not in df.columns]
-    if missing:
-        raise ArtifactError(
-            f"{path}: missing column(s) {', '.join(missing)} "
-            f"(have: {', '.join(map(str, df.columns))}); {fix}"
-        )
-    for i, (prompt, where) in enumerate(zip(df["prompt"], df["split"], strict=True)):
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ArtifactError(
-                f"{path}: row {i}: column 'prompt' must be non-empty text, got {prompt!r}; {fix}"
-            )
-        if where not in PROMPT_SPLITS:
-            raise ArtifactError(
-                f"{path}: row {i}: column 'split' is {where!r}, expected one of "
-                f"{', '.join(PROMPT_SPLITS)}; {fix}"
-            )
+    check_prompts(df, str(path), fix, ("prompt", "split"))
     prompts = df.loc[df["split"] == split, "prompt"].tolist()
     if not prompts:
         raise ArtifactError(f"{path}: no prompt in split {split!r} ({len(df)} rows); {fix}")

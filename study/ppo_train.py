@@ -603,6 +603,7 @@ def train_ppo(
     cfg = params.ppo
     torch.set_num_threads(params.run.threads)
     world = Path(world_dir)
+    rl, held_out = load_prompts(world, "rl"), load_prompts(world, "eval")  # checked first
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(str(world / "policy"), "world policy")
@@ -611,7 +612,6 @@ def train_ppo(
     ac = ActorCritic(policy, cfg.value_model).eval()
     gold = make_gold(params)
     reward_fn, method = variant_reward_fn(params, variant, seed, tokenizer, rm_root, gold)
-    rl, held_out = load_prompts(world, "rl"), load_prompts(world, "eval")
     template, sampling = params.sources.prompt_template, params.sampling
     optimizer = make_optimizer(ac, cfg.lr, cfg.value_lr)
     kl_ctl = (

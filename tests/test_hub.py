@@ -130,6 +130,28 @@ def test_world_stage_runs_on_local_directories(local_sources, tmp_path):
     )
 
 
+def test_an_outside_prompt_table_with_a_blank_prompt_is_refused_before_the_world_is_built(
+    local_sources, tmp_path
+):
+    from study.io import ArtifactError
+
+    bad = pd.read_parquet(local_sources / "prompts.parquet")
+    bad.loc[7, "prompt"] = "   "
+    bad.to_parquet(tmp_path / "prompts.parquet")
+    raw = copy.deepcopy(RAW)
+    raw["smoke"]["sources"] = {
+        "policy": str(local_sources / "policy"),
+        "tokenizer": "policy",
+        "prompts": str(tmp_path / "prompts.parquet"),
+        "preferences": str(local_sources / "pairs"),
+        "gold": str(local_sources / "gold"),
+    }
+    params = params_from_dict(raw, "smoke")
+    with pytest.raises(ArtifactError, match=r"sources\.prompts \(.*prompts\.parquet\): row 7: "):
+        build_world(params, tmp_path / "world", progress=False)
+    assert not (tmp_path / "world").exists()
+
+
 def test_the_embedded_gold_refuses_external_prompts_before_anything_runs():
     raw = copy.deepcopy(RAW)
     raw["smoke"]["sources"] = {"prompts": "some/dataset"}

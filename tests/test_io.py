@@ -163,11 +163,22 @@ def test_the_prompts_of_a_split_are_read_in_the_tables_order(tmp_path):
         (PROMPTS.rename(columns={"prompt": "text"}), r"missing column\(s\) prompt"),
         (PROMPTS.assign(prompt=["a", None, "c"]), r"row 1: column 'prompt' must be non-empty text"),
         (PROMPTS.assign(prompt=["a", "  ", "c"]), r"row 1: column 'prompt' must be non-empty text"),
+        (PROMPTS.assign(prompt=["a", "", "c"]), r"row 1: column 'prompt' must be non-empty text"),
         (PROMPTS.assign(prompt=[1.0, 2.0, float("nan")]), r"row 0: column 'prompt'.*got 1\.0"),
         (PROMPTS.assign(split=["rl", "train", "eval"]), r"row 1: column 'split' is 'train'"),
         (PROMPTS.assign(split=["eval", "eval", "eval"]), r"no prompt in split 'rl' \(3 rows\)"),
     ],
-    ids=["empty", "no-split", "no-prompt", "null", "blank", "numbers", "bad-split", "no-rl"],
+    ids=[
+        "no-rows",
+        "no-split",
+        "no-prompt",
+        "null",
+        "blank",
+        "empty-string",
+        "numbers",
+        "bad-split",
+        "no-rl",
+    ],
 )
 def test_a_malformed_prompts_table_names_the_file_the_row_and_the_fix(tmp_path, table, message):
     write_table(tmp_path / "prompts.parquet", table)
@@ -179,11 +190,11 @@ def test_a_malformed_prompts_table_names_the_file_the_row_and_the_fix(tmp_path, 
 
 @pytest.mark.parametrize("damage", ["truncated", "text", "empty"])
 def test_an_unreadable_table_names_the_file_and_the_stage_to_rerun(tmp_path, damage):
-    path = write_table(tmp_path / "t.parquet", PROMPTS)
+    path = write_table(tmp_path / "prompts.parquet", PROMPTS)
     data = path.read_bytes()
     path.write_bytes(
         {"truncated": data[: len(data) // 2], "text": b"prompt,split\na,rl\n", "empty": b""}[damage]
     )
-    with pytest.raises(ArtifactError, match=r"t\.parquet: not a readable Parquet table") as e:
-        read_table(path, "the world stage")
+    with pytest.raises(ArtifactError, match=r"prompts\.parquet: not a readable Parquet table") as e:
+        load_prompts(tmp_path, "rl")
     assert "rerun the world stage" in str(e.value)

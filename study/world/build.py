@@ -28,7 +28,7 @@ import torch
 from study.config import Params
 from study.generation import format_queries, sample
 from study.hub import load_policy, load_table, load_tokenizer, make_gold
-from study.io import atomic_path, provenance, require, write_json, write_table
+from study.io import atomic_path, check_prompts, provenance, require, write_json, write_table
 from study.preferences import assign_splits, label_pairs, validate_preferences
 from study.world.grammar import (
     grammatical_share,
@@ -84,6 +84,8 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
             pool = [i.text for i in sample_instructions(params.world, n_rl + n_eval, rng)]
         else:
             table = load_table(src.prompts, "sources.prompts", ["prompt"])
+            check_prompts(table, f"sources.prompts ({src.prompts})",
+                          "correct the table or point sources.prompts at another", ("prompt",))  # fmt: skip
             n_eval = min(params.world.n_eval_prompts, max(1, len(table) // 10))
             n_rl = min(params.world.n_rl_prompts, len(table) - n_eval)
             pool = table["prompt"].iloc[rng.permutation(len(table))[: n_rl + n_eval]].tolist()
