@@ -1,6 +1,7 @@
 """The hub path (`sources` naming ids or directories), exercised with local directories."""
 
 import copy
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -101,15 +102,21 @@ def test_hub_gold_scores_with_a_local_reward_model(local_sources):
     assert set(s.to_frame().columns) == {"gold", "gold_model"}
 
 
-def test_world_stage_runs_on_local_directories(local_sources, tmp_path):
+def _local_world_raw(local_sources: Path, prompts: Path) -> dict:
+    """The repository's params with the smoke profile's sources in local directories."""
     raw = copy.deepcopy(RAW)
     raw["smoke"]["sources"] = {
         "policy": str(local_sources / "policy"),
         "tokenizer": "policy",
-        "prompts": str(local_sources / "prompts.parquet"),
+        "prompts": str(prompts),
         "preferences": str(local_sources / "pairs"),
         "gold": str(local_sources / "gold"),
     }
+    return raw
+
+
+def test_world_stage_runs_on_local_directories(local_sources, tmp_path):
+    raw = _local_world_raw(local_sources, local_sources / "prompts.parquet")
     raw["smoke"]["preferences"] = {"n_pairs": 100, "n_samples_report": 8}
     params = params_from_dict(raw, "smoke")
     summary = build_world(params, tmp_path / "world", progress=False)
@@ -138,15 +145,9 @@ def test_an_outside_prompt_table_with_a_blank_prompt_is_refused_before_the_world
     bad = pd.read_parquet(local_sources / "prompts.parquet")
     bad.loc[7, "prompt"] = "   "
     bad.to_parquet(tmp_path / "prompts.parquet")
-    raw = copy.deepcopy(RAW)
-    raw["smoke"]["sources"] = {
-        "policy": str(local_sources / "policy"),
-        "tokenizer": "policy",
-        "prompts": str(tmp_path / "prompts.parquet"),
-        "preferences": str(local_sources / "pairs"),
-        "gold": str(local_sources / "gold"),
-    }
-    params = params_from_dict(raw, "smoke")
+    params = params_from_dict(
+        _local_world_raw(local_sources, tmp_path / "prompts.parquet"), "smoke"
+    )
     with pytest.raises(ArtifactError, match=r"sources\.prompts \(.*prompts\.parquet\): row 7: "):
         build_world(params, tmp_path / "world", progress=False)
     assert not (tmp_path / "world").exists()
