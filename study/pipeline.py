@@ -441,9 +441,9 @@ def execute_ray(
     Each stage is a task that asks for `cores` CPUs (its threads; the whole of a node if it is
     exclusive) and `gpus` GPUs (`meta: {gpus: n}`), started by Ray once the tasks of the stages it
     depends on have returned. Ray orders tasks of different demand itself: an exclusive stage may
-    start between two single-core stages submitted before it. Without `address` (or RAY_ADDRESS) Ray starts on this machine with
-    `cores` CPUs; with one, the stages run on that cluster, whose nodes must share this
-    repository's filesystem. A stage that asks for more than any node has is refused before
+    start between two single-core stages submitted before it. Without `address` (or
+    RAY_ADDRESS) Ray starts on this machine with `cores` CPUs; with one, the stages run on that
+    cluster, whose nodes must share this repository's filesystem. A stage that asks for more than any node has is refused before
     anything starts. When a stage fails, no new stage starts, those running finish, and
     RuntimeError names the first failure; KeyboardInterrupt stops every running stage."""
     import ray
