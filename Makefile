@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup study study-agg study-k study-replicate study-cheap study-noise figures lab demo test test-fast lint clean
+.PHONY: setup study study-agg study-k study-replicate study-cheap study-noise study-diversity figures lab demo test test-fast lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,10 +43,14 @@ study-cheap: setup
 study-noise: setup
 	$(BIN)/python -m study.pipeline noise
 
+# the head-diversity map over every multi-head and ensemble arm the targets above optimise
+study-diversity: setup
+	$(BIN)/python -m study.pipeline diversity_map
+
 # the stages that read only committed tables (never a model): every figure notebook that does, the
 # claims and the report, rerun in a minute on a fresh clone (a stage whose cached outputs are absent
 # is not a reason to rerun what is upstream of it: --allow-missing)
-FIGURE_STAGES := ppo_summary aggregations replicate report
+FIGURE_STAGES := ppo_summary aggregations replicate diversity_map report
 figures: setup
 	$(BIN)/dvc repro --single-item --allow-missing --force $(FIGURE_STAGES)
 

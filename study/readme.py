@@ -264,6 +264,22 @@ def noise_block(summary: pd.DataFrame, claims: pd.DataFrame) -> str:
     return markdown_table(pd.DataFrame(rows)) + "\n\n" + claims_block(claims)
 
 
+def diversity_map_block(summary: pd.DataFrame, claims: pd.DataFrame) -> str:
+    """Per arm: its heads' diversity on the SFT policy's samples and the gold its minimum protects
+    over the single reward model (`results/diversity_map/summary.csv`), then the fits."""
+    rows = [
+        {
+            "arm": f"`{r.arm}`",
+            "family": r.family,
+            "head diversity (1 - correlation)": f"{r.diversity:.3f} ± {r.diversity_ci95:.3f}",
+            "protection (gold over single)": f"{r.protection:+.2f} ± {r.protection_ci95:.2f}",
+            "seeds": int(r.seeds),
+        }
+        for r in summary.itertuples(index=False)
+    ]
+    return markdown_table(pd.DataFrame(rows)) + "\n\n" + claims_block(claims)
+
+
 # each block: the committed file it is generated from, and how
 SOURCES: dict[str, tuple[str, Callable[[Path], str]]] = {}
 
@@ -321,6 +337,10 @@ SOURCES.update({
     "noise": (
         "results/noise/summary.csv",
         lambda p: noise_block(pd.read_csv(p), _claims(p.with_name("claims.csv"))),
+    ),
+    "diversity-map": (
+        "results/diversity_map/summary.csv",
+        lambda p: diversity_map_block(pd.read_csv(p), _claims(p.with_name("claims.csv"))),
     ),
     "replicate": ("results/replicate/claims.csv", lambda p: replicate_block(_claims(p))),
     "in-short": ("results/replicate/claims.csv", lambda p: in_short_block(_claims(p))),

@@ -63,7 +63,8 @@ def test_make_figures_on_a_fresh_clone_remakes_the_published_claims(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert not (tmp_path / "artifacts").exists() or not any((tmp_path / "artifacts").rglob("*.pt"))
     for table in ("results/report/claims.csv", "results/aggregations/claims.csv",
-                  "results/replicate/claims.csv", "results/ppo/gao_fits.csv"):  # fmt: skip
+                  "results/replicate/claims.csv", "results/ppo/gao_fits.csv",
+                  "results/diversity_map/claims.csv", "results/diversity_map/summary.csv"):  # fmt: skip
         made, published = pd.read_csv(tmp_path / table), pd.read_csv(ROOT / table)
         pd.testing.assert_frame_equal(made, published, check_exact=False, rtol=1e-9)
     assert (tmp_path / "reports/index.html").stat().st_size > 100_000

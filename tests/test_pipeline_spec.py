@@ -151,6 +151,19 @@ def test_the_heads_sweep_reads_exactly_what_rm_and_rm_k_train():
     assert set(DVC["rm_k"]["matrix"]["family"]) <= set(params["families"])
 
 
+def test_the_diversity_map_reads_every_clean_label_minimum_with_heads_and_the_single_rm():
+    """Every multi-head or ensemble arm PPO optimised against its minimum on the world's labels
+    (the label-noise arms and K = 1 left out), on every seed it has, is a point of the map."""
+    params = notebook_parameters("12_diversity_map.ipynb")
+    expected = {(v.removesuffix("_min"), s) for v, s in ppo_grid()
+                if v.endswith("_min") and v.partition("-")[0].partition("_")[0] != "single"
+                and "-noise" not in v and v != "ensemble-k1_min"}  # fmt: skip
+    assert expected == {(a, s) for a, seeds in params["arms"].items() for s in seeds}
+    deps = set(DVC["diversity_map"]["deps"])
+    for a, s in expected:
+        assert f"results/ppo/{a}_min/seed{s}" in deps and f"results/ppo/single/seed{s}" in deps
+
+
 def test_the_report_depends_on_every_figure_it_shows():
     shown = re.findall(r"figures/\w+\.png", (ROOT / "notebooks/08_report.ipynb").read_text())
     assert len(shown) >= 6
