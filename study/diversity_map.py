@@ -6,7 +6,7 @@ Diversity is 1 - the mean pairwise correlation of the heads' rewards on the SFT 
 of the held-out prompts (the PPO run's step-0 evaluation: the reward model's own property, before
 the policy moves). Protection is the arm's PPO gold at a matched KL level minus the single
 reward model's, paired by seed. The relation is fitted across arms, each arm a point (its seed
-means), with a two-level bootstrap (arms, then seeds within each arm) for its intervals.
+means), with a two-level bootstrap (arms, then seeds) for its intervals.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -92,16 +93,23 @@ def _arm_means(groups: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def fit_relation(
     points: pd.DataFrame, arms: Sequence[str] | None = None, n_boot: int = 2000, seed: int = 0
-) -> dict[str, float]:
-    """Protection against diversity across arms (each arm its seed means): the least-squares
-    slope and intercept, Spearman's rank correlation, and their 95% percentile intervals from a
-    two-level bootstrap (arms with replacement, then each drawn arm's seeds with replacement).
-    Resamples in which every drawn arm has one diversity carry no slope and are dropped."""
-    require_columns(points, ("arm", "diversity", "protection"), "map points")
+) -> dict[str, Any]:
+    """Protection against diversity across arms (each arm its seed means, every arm one point):
+    the least-squares slope and intercept, Spearman's rank correlation, and their 95% percentile
+    intervals from a two-level bootstrap: arms with replacement, then seeds with replacement,
+    drawn once per seed set and shared by every arm run on that set (arms of one seed set share
+    the single model's gold on each seed, so their seeds are resampled together). Resamples in
+    which every drawn arm has one diversity carry no slope and are dropped. Beside them, the
+    slope refitted without each arm in turn: its range, and the arm whose absence moves it most."""
+    require_columns(points, ("arm", "seed", "diversity", "protection"), "map points")
     p = points.dropna(subset=["diversity", "protection"])
     if arms is not None:
         p = p[p["arm"].isin(list(arms))]
-    groups = [g[["diversity", "protection"]].to_numpy(float) for _, g in p.groupby("arm")]
+    names, groups, seed_sets = [], [], []
+    for arm, g in p.sort_values("seed").groupby("arm", sort=True):
+        names.append(arm)
+        groups.append(g[["diversity", "protection"]].to_numpy(float))
+        seed_sets.append(tuple(g["seed"]))
     if len(groups) < 3:
         raise ValueError(f"a fit across arms needs at least 3 arms, got {len(groups)}")
     x, y = _arm_means(groups)
@@ -110,9 +118,9 @@ def fit_relation(
     rng = np.random.default_rng(seed)
     slopes, rhos = [], []
     for _ in range(n_boot):
-        drawn = [groups[i] for i in rng.integers(len(groups), size=len(groups))]
-        drawn = [g[rng.integers(len(g), size=len(g))] for g in drawn]
-        bx, by = _arm_means(drawn)
+        picked = rng.integers(len(groups), size=len(groups))
+        draws = {ss: rng.integers(len(ss), size=len(ss)) for ss in sorted(set(seed_sets))}
+        bx, by = _arm_means([groups[i][draws[seed_sets[i]]] for i in picked])
         if np.ptp(bx) == 0:
             continue
         slopes.append(_ols(bx, by)[1])
@@ -121,10 +129,20 @@ def fit_relation(
             rhos.append(r)
     lo, hi = np.percentile(slopes, [2.5, 97.5]) if slopes else (np.nan, np.nan)
     rlo, rhi = np.percentile(rhos, [2.5, 97.5]) if rhos else (np.nan, np.nan)
+    keep = np.ones(len(groups), bool)
+    loo = []
+    for i in range(len(groups)):
+        keep[:] = True
+        keep[i] = False
+        loo.append(_ols(x[keep], y[keep])[1] if np.ptp(x[keep]) > 0 else np.nan)
+    loo = np.asarray(loo)
+    moved = int(np.nanargmax(np.abs(loo - slope)))
     return {"arms": len(groups), "runs": len(p), "intercept": intercept, "slope": slope,
             "slope_lo": float(lo), "slope_hi": float(hi), "spearman": rho,
-            "spearman_lo": float(rlo), "spearman_hi": float(rhi),
-            "resamples": len(slopes)}  # fmt: skip
+            "spearman_lo": float(rlo), "spearman_hi": float(rhi), "resamples": len(slopes),
+            "slope_loo_min": float(np.nanmin(loo)), "slope_loo_max": float(np.nanmax(loo)),
+            "most_influential": names[moved],
+            "slope_without_it": float(loo[moved])}  # fmt: skip
 
 
 def interval_verdict(lo: float, hi: float) -> str:
@@ -137,7 +155,7 @@ def interval_verdict(lo: float, hi: float) -> str:
     return INCONCLUSIVE
 
 
-def diversity_questions(fits: Mapping[str, dict[str, float]], level: float) -> pd.DataFrame:
+def diversity_questions(fits: Mapping[str, dict[str, Any]], level: float) -> pd.DataFrame:
     """One row per fit (`fits`: a name of the arms it covers -> `fit_relation`): does the gold an
     arm's minimum protects grow with its heads' diversity? No fits: the table's columns only."""
     rows = []
@@ -149,10 +167,13 @@ def diversity_questions(fits: Mapping[str, dict[str, float]], level: float) -> p
                     "correlation on SFT samples, across arms",
             measured=f"slope {f['slope']:+.2f} [{f['slope_lo']:+.2f}, {f['slope_hi']:+.2f}] gold "
                      f"per unit of diversity; Spearman {f['spearman']:+.2f} "
-                     f"[{f['spearman_lo']:+.2f}, {f['spearman_hi']:+.2f}]",
+                     f"[{f['spearman_lo']:+.2f}, {f['spearman_hi']:+.2f}]; without one arm the "
+                     f"slope is {f['slope_loo_min']:+.2f} to {f['slope_loo_max']:+.2f} "
+                     f"({f['slope_without_it']:+.2f} without {f['most_influential']})",
             seeds=f"{f['arms']} arms, {f['runs']} runs",
             verdict=interval_verdict(f["slope_lo"], f["slope_hi"]),
-            design="two-level bootstrap (arms, then seeds), 95% percentile intervals",
+            design="arms unweighted; two-level bootstrap (arms, then seeds shared across arms), "
+                   "95% percentile intervals",
         ))  # fmt: skip
     return table(rows) if rows else pd.DataFrame(columns=[f.name for f in fields(Claim)])
 
