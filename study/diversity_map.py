@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,7 @@ from scipy import stats
 
 from study.analysis import require_columns, run_summaries
 from study.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, table
-from study.io import read_table
+from study.runs import RESULTS, read_runs
 from study.stats import mean_ci
 
 EVAL_COLUMNS = ("variant", "seed", "step", "kl", "proxy", "gold", "head_corr")
@@ -179,17 +178,11 @@ def diversity_questions(fits: Mapping[str, dict[str, Any]], level: float) -> pd.
 
 
 def load_evals(
-    arms: Mapping[str, Sequence[int]], results_dir: str = "results/ppo"
+    arms: Mapping[str, Sequence[int]], results_dir: str = RESULTS
 ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """The PPO evaluations of each arm's minimum on its seeds (`arms`: arm -> seeds), and the
     single reward model's on every seed any arm has; a missing table names the stage to run."""
-
-    def read(variant: str, seed: int) -> pd.DataFrame:
-        path = Path(results_dir) / variant / f"seed{seed}" / "evals.parquet"
-        return read_table(path, f"the PPO stage of {variant}, seed {seed}")
-
-    evals = {arm: pd.concat([read(f"{arm}_min", s) for s in seeds], ignore_index=True)
+    evals = {arm: read_runs(((f"{arm}_min", s) for s in seeds), EVAL_COLUMNS, results_dir)
              for arm, seeds in arms.items()}  # fmt: skip
     seeds = sorted({s for ss in arms.values() for s in ss})
-    single = pd.concat([read("single", s) for s in seeds], ignore_index=True)
-    return evals, single
+    return evals, read_runs((("single", s) for s in seeds), EVAL_COLUMNS, results_dir)

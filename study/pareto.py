@@ -5,18 +5,41 @@ claims that the cheap arms mitigate overoptimisation and match the full ensemble
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from study.analysis import require_columns
 from study.claims import AHMED, COSTE, Claim, ppo_row, table
+from study.config import RewardConfig
+from study.io import require
 from study.stats import mean_ci
 
 
 def variant_of(arm: str) -> str:
     """The PPO variant that optimises an arm's minimum ('single' is its own)."""
     return "single" if arm == "single" else f"{arm}_min"
+
+
+def training_cost(
+    reward: RewardConfig, arms: Sequence[str], seeds: Sequence[int], results_dir: str = "results/rm"
+) -> pd.DataFrame:
+    """One row per (arm, seed): the measured training seconds (`train.json` of the reward-model
+    stage) and the training compute in encoder-epochs (`RewardConfig.encoder_epochs`, from the
+    arm's declared settings)."""
+    rows = []
+    for arm in arms:
+        family, cfg = reward.arm(arm)
+        for seed in seeds:
+            path = Path(results_dir) / arm / f"seed{seed}" / "train.json"
+            info = pd.read_json(require(path, f"the reward-model stage of {arm}, seed {seed}"),
+                                typ="series")  # fmt: skip
+            if "train_seconds" not in info:
+                raise KeyError(f"{path}: no train_seconds")
+            rows.append({"arm": arm, "seed": seed, "train_seconds": float(info["train_seconds"]),
+                         "encoder_epochs": cfg.encoder_epochs(family)})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def cost_and_gold(runs: pd.DataFrame, train: pd.DataFrame, level: float) -> pd.DataFrame:

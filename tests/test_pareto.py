@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from study.claims import matched_level
-from study.pareto import cheap_claims, cost_and_gold, pareto_front
+from study.pareto import cheap_claims, cost_and_gold, pareto_front, training_cost
 
 
 def test_the_front_keeps_what_nothing_cheaper_beats():
@@ -50,3 +50,21 @@ def test_each_cheap_arm_gets_a_paired_claim_against_single_and_the_ensemble():
     assert "+0.50" in vs_single["measured"] and vs_single["verdict"] == "supported"
     assert "-0.50" in vs_ens["measured"] and vs_ens["verdict"].startswith("not supported")
     assert vs_single["design"] == "paired over 3 seeds"
+
+
+def test_training_cost_reads_each_runs_seconds_and_counts_encoder_epochs(tmp_path):
+    from study.config import RewardConfig
+    from study.io import MissingArtifactError
+
+    for arm, seconds in (("single", 10.0), ("ensemble", 150.0), ("ensemble-lora", 40.0)):
+        (tmp_path / arm / "seed0").mkdir(parents=True)
+        (tmp_path / arm / "seed0" / "train.json").write_text(f'{{"train_seconds": {seconds}}}')
+    reward = RewardConfig()  # K = 5; ensemble members 3 epochs; LoRA K adapters x 1 epoch
+    t = training_cost(reward, ["single", "ensemble", "ensemble-lora"], [0], str(tmp_path))
+    assert t["encoder_epochs"].tolist() == [1, 15, 5]
+    assert t["train_seconds"].tolist() == [10.0, 150.0, 40.0]
+    with pytest.raises(MissingArtifactError, match=r"single/seed1/train.json.*single, seed 1"):
+        training_cost(reward, ["single"], [0, 1], str(tmp_path))
+    (tmp_path / "single" / "seed0" / "train.json").write_text('{"steps": 3}')
+    with pytest.raises(KeyError, match="no train_seconds"):
+        training_cost(reward, ["single"], [0], str(tmp_path))
