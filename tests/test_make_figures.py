@@ -68,3 +68,6 @@ def test_make_figures_on_a_fresh_clone_remakes_the_published_claims(tmp_path):
         made, published = pd.read_csv(tmp_path / table), pd.read_csv(ROOT / table)
         pd.testing.assert_frame_equal(made, published, check_exact=False, rtol=1e-9)
     assert (tmp_path / "reports/index.html").stat().st_size > 100_000
+    # the open questions' page: every part's figure, embedded (the page fetches nothing)
+    page = (tmp_path / "reports/open_questions.html").read_text()
+    assert page.count("<img") == 5 and page.count('src="data:image/png;base64') == 5
