@@ -68,18 +68,22 @@ def executed_pages(root: Path | str = ".") -> pd.DataFrame:
     under reports/). Read from the pipeline's declaration, not from the disk, so the list is the
     same wherever the report is rendered. (DVC refuses dvc.yaml as a dependency: a stage added
     to it joins the list when the report next runs.)"""
+    from dvc.dvcfile import ProjectFile
     from dvc.repo import Repo
 
+    # dvc.yaml expanded by DVC's own resolver, without dvc.lock: a stage running beside this one
+    # may be rewriting the lock
     repo = Repo(str(root))
     try:
-        rows = [
-            {"stage": s.name.split("@")[0], "item": s.name.partition("@")[2],
-             "page": Path(str(o.def_path)).name}
-            for s in repo.index.stages
-            for o in s.outs
-            if str(o.def_path).startswith("reports/") and str(o.def_path).endswith(".html")
-            and Path(str(o.def_path)).name != "index.html"
-        ]  # fmt: skip
+        path = repo.fs.join(repo.root_dir, "dvc.yaml")
+        stages = ProjectFile(repo, path).resolver.resolve()["stages"]
     finally:
         repo.close()
+    rows = []
+    for name, stage in stages.items():
+        for out in stage.get("outs", []):
+            page = Path(next(iter(out)) if isinstance(out, dict) else out)
+            if page.parts[0] == "reports" and page.suffix == ".html" and page.name != "index.html":
+                rows.append({"stage": name.split("@")[0], "item": name.partition("@")[2],
+                             "page": page.name})  # fmt: skip
     return pd.DataFrame(rows, columns=["stage", "item", "page"])
