@@ -9,21 +9,18 @@ from pathlib import Path
 
 import yaml
 
+from study import subgrid
 from tests.conftest import ROOT
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
 def notebook_parameters(name: str) -> dict:
-    """The literal defaults of a notebook's papermill `parameters` cell."""
-    nb = json.loads((ROOT / "notebooks" / name).read_text())
-    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
-    tree = ast.parse("".join(cell["source"]))
-    return {
-        node.targets[0].id: ast.literal_eval(node.value)
-        for node in tree.body
-        if isinstance(node, ast.Assign)
-    }
+    """The literal defaults of notebooks/`name`'s papermill `parameters` cell."""
+    cells = json.loads((ROOT / "notebooks" / name).read_text())["cells"]
+    tagged = any("parameters" in c.get("metadata", {}).get("tags", []) for c in cells)
+    assert tagged, f"{name} has no papermill parameters cell"
+    return subgrid.notebook_parameters(ROOT / "notebooks" / name)
 
 
 # the one stage that runs no notebook: it resolves the active profile every other stage reads
