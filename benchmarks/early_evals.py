@@ -5,7 +5,7 @@ only where gold first rises. This reruns the single-proxy PPO of the study's own
 with an evaluation at every step (everything else as the active profile), so a peak inside the
 first five steps is seen. Run after `make study` (it reads artifacts/world and artifacts/rm):
 
-    .venv/bin/python benchmarks/early_evals.py --seeds 1 2 3 --out results/probe/early_evals.csv
+    .venv/bin/python benchmarks/early_evals.py --seeds 1 2 3 --out results/bench/early_evals.csv
 
 Writes one row per seed and step (step, kl, proxy, gold) and prints, per seed, the gold at the
 start, its peak in the first `--show` steps and where.
@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--variant", default="single")
     ap.add_argument("--show", type=int, default=12, help="steps to summarise")
-    ap.add_argument("--out", default="results/probe/early_evals.csv")
+    ap.add_argument("--out", default="results/bench/early_evals.csv")
     args = ap.parse_args()
     params = with_overrides(load_params("params.yaml"), ["ppo.eval_every=1"])
     rows = []
