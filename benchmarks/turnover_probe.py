@@ -46,6 +46,7 @@ def main() -> None:
     params = with_overrides(load_params("params.yaml"), args.overrides, "--set")
     rebuild = any(o.split(".", 1)[0] in WORLD_SECTIONS for o in args.overrides)
     rows = []
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=Path(args.out).parent) as tmp:
         tmp = Path(tmp)
         world = Path(args.world)
