@@ -5,8 +5,8 @@ The headline asks for the single proxy's turn-over (gold first gains, then loses
 least 4 of 5 seeds. In some seeds gold falls from the first PPO step: the proxy is wrong in the
 direction PPO first moves. This trains the single reward model and runs its PPO for each seed,
 exactly as the stages `rm@single-<seed>` and `ppo_single@<seed>` do, in a world built with the
-given overrides (or an existing world), and applies the study's rule. Overrides of the world's
-sections (world, gold, sft, sampling, preferences) build a new world; others reuse `--world`.
+given overrides (or an existing world), and applies the study's rule. Overrides of the sections
+the world stage reads (`WORLD_SECTIONS`) build a new world; others reuse `--world`.
 
     .venv/bin/python benchmarks/turnover_probe.py --tag base --seeds 0 1 2 3 4
     .venv/bin/python benchmarks/turnover_probe.py --tag pairs18k -S preferences.n_pairs=18000
@@ -26,6 +26,7 @@ import pandas as pd
 
 from study.analysis import run_summaries
 from study.config import load_params, with_overrides
+from study.hf import heldout_accuracy
 from study.io import write_csv
 from study.ppo_train import run_ppo_stage
 from study.rm_train import run_reward_stage
@@ -60,13 +61,12 @@ def main() -> None:
             rm = tmp / "rm" / "single" / f"seed{seed}"
             res = tmp / "res" / f"s{seed}"
             run_reward_stage(params, "single", seed, world, rm, res / "rm", progress=False)
-            val = pd.read_parquet(res / "rm" / "val_rewards.parquet")
             run_ppo_stage(params, "single", seed, world, tmp / "rm", res / "ppo", tmp / "pol",
                           tmp / f"ck{seed}", progress=False)  # fmt: skip
             evals = pd.read_parquet(res / "ppo" / "evals.parquet")
             row = run_summaries(evals, params.report.kl_levels, params.report.min_gain_lost)
             row = row.assign(tag=args.tag, overrides=" ".join(args.overrides),
-                             val_accuracy=float((val["r_chosen"] > val["r_rejected"]).mean()),
+                             val_accuracy=heldout_accuracy(res / "rm", None)["labels"][0],
                              seconds=time.perf_counter() - t0)  # fmt: skip
             rows.append(row)
             r = row.iloc[0]
