@@ -1,6 +1,8 @@
 """What DVC's bookkeeping costs one stage as the pipeline grows: `dvc repro --single-item --force`
 of the one-second stage `resolve_params` in finished projects whose dvc.lock holds more or fewer
-stages, against its command alone (medians; one project at a time, nothing else running).
+stages, against its command alone, by plain DVC and through `python -m study.lockfile` (DVC with
+the lock updated stage by stage, what `study.pipeline` runs); medians, one project at a time,
+nothing else running.
 
     python benchmarks/lock_cost.py PROJECT [PROJECT ...] [--repeats 3] [--out results/bench/lock_cost.csv]
 
@@ -20,6 +22,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def timed(cmd: list[str] | str, cwd: Path, shell: bool = False) -> float:
     t0 = time.perf_counter()
@@ -30,9 +34,14 @@ def timed(cmd: list[str] | str, cwd: Path, shell: bool = False) -> float:
 def measure(project: Path, repeats: int) -> dict:
     lock = (project / "dvc.lock").read_text()
     stages = len(yaml.safe_load(lock)["stages"])
-    dvc = [sys.executable, "-m", "dvc", "repro", "--single-item", "--force", "resolve_params"]
+    repro = ["repro", "--single-item", "--force", "resolve_params"]
+    dvc = [sys.executable, "-m", "dvc", *repro]
+    # this checkout's study.lockfile, whatever copy of the package the project holds
+    splicer = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from study.lockfile import main; "
+    spliced = [sys.executable, "-c", splicer + "sys.exit(main(sys.argv[1:]))", *repro]
     command = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]["resolve_params"]["cmd"]
     whole = [timed(dvc, project) for _ in range(repeats)]
+    splice = [timed(spliced, project) for _ in range(repeats)]
     alone = [timed(command, project, shell=True) for _ in range(repeats)]
     return {
         "project": str(project),
@@ -41,6 +50,8 @@ def measure(project: Path, repeats: int) -> dict:
         "repro_s": round(statistics.median(whole), 2),
         "command_s": round(statistics.median(alone), 2),
         "dvc_s": round(statistics.median(whole) - statistics.median(alone), 2),
+        "repro_splice_s": round(statistics.median(splice), 2),
+        "dvc_splice_s": round(statistics.median(splice) - statistics.median(alone), 2),
         "repeats": repeats,
     }
 

@@ -50,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 LOG_DIR = Path(".dvc/tmp/pipeline")
+# DVC, its lock file updated stage by stage rather than rewritten whole (study/lockfile.py)
+DVC = [sys.executable, "-m", "study.lockfile"]
 
 
 @dataclass
@@ -237,7 +239,7 @@ def execute(
     running stage is reported with its elapsed time and the last line of its log (a stage can run
     for minutes). Raises RuntimeError naming the first stage that failed, after the stages already
     running have finished."""
-    dvc = dvc or [sys.executable, "-m", "dvc"]
+    dvc = dvc or DVC
     log_dir.mkdir(parents=True, exist_ok=True)
     prio = priorities(stages, run)
     need = {n: min(stages[n].cores, cores) for n in run}
@@ -448,7 +450,7 @@ def execute_ray(
     RuntimeError names the first failure; KeyboardInterrupt stops every running stage."""
     import ray
 
-    dvc = dvc or [sys.executable, "-m", "dvc"]
+    dvc = dvc or DVC
     log_dir = log_dir.resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
     stop = log_dir / "stop"
