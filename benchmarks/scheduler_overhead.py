@@ -25,7 +25,8 @@ from types import SimpleNamespace
 
 import pandas as pd
 
-from study.pipeline import execute, execute_ray, load_stages, plan
+from study.engines import execute, execute_ray
+from study.stage_graph import load_stages, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc"]

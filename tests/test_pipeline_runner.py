@@ -17,7 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from study.pipeline import execute, execute_ray, load_stages, plan, priorities, start_order
+from study.engines import execute, execute_ray
+from study.stage_graph import load_stages, plan, priorities, start_order
 
 pytestmark = pytest.mark.processes
 
@@ -204,7 +205,7 @@ def test_bad_targets_and_thread_params_are_named(tmp_path, monkeypatch):
 
 
 def test_a_matrix_stage_s_name_targets_all_of_its_items():
-    from study.pipeline import Stage
+    from study.stage_graph import Stage
 
     st = {"w": Stage("w"), "r@a": Stage("r@a", {"w"}), "r@b": Stage("r@b", {"w"})}
     assert plan(st, set(st), ["r"]) == {"w", "r@a", "r@b"}
@@ -214,7 +215,7 @@ def test_a_matrix_stage_s_name_targets_all_of_its_items():
 
 
 def test_priorities_put_the_longest_chain_first():
-    from study.pipeline import Stage
+    from study.stage_graph import Stage
 
     st = {
         "w": Stage("w"),
@@ -244,7 +245,7 @@ def test_a_long_stage_reports_its_progress(tmp_path, monkeypatch):
 
 
 def test_last_log_line_resolves_progress_bars(tmp_path):
-    from study.pipeline import last_log_line
+    from study.progress import last_log_line
 
     log = tmp_path / "x.log"
     log.write_text("start\nExecuting:  10%|#\rExecuting:  50%|#####\r\n\n")
@@ -339,7 +340,7 @@ def test_a_stage_asking_for_a_gpu_the_cluster_lacks_is_refused_before_anything_r
 
 
 def test_the_time_left_comes_from_earlier_runs_and_is_printed_as_stages_end(tmp_path, monkeypatch):
-    from study.pipeline import Eta
+    from study.progress import Eta
 
     eta = Eta(tmp_path, {"rm@a-0": 2, "rm@b-0": 2, "ppo@a-0": 1, "new": 1}, cores=2)
     assert eta.left({"rm@a-0"}) == ""  # nothing known yet: no guess
@@ -365,7 +366,8 @@ def test_the_time_left_comes_from_earlier_runs_and_is_printed_as_stages_end(tmp_
 
 
 def test_a_program_missing_from_path_is_named_before_anything_runs(tmp_path, monkeypatch, capsys):
-    from study.pipeline import Stage, main, missing_tools
+    from study.pipeline import main
+    from study.stage_graph import Stage, missing_tools
 
     st = {"a": Stage("a", cmd="mkdir -p x && no-such-tool-xyz run 'a b' && echo ok"),
           "b": Stage("b", cmd="cd x; OMP_NUM_THREADS=1 other-missing-tool -q | sort")}  # fmt: skip
