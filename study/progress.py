@@ -96,7 +96,7 @@ class Progress:
             self._say(f"FAILED {name} (exit {row['returncode']}); log: {log}")
 
     def close(self) -> None:
-        """Write the timings and remember this run's stage times; raise if a stage failed."""
+        """Write the timings and remember this run's stage times (for the next run's estimate)."""
         _write_timings(self.log_dir / "timings.csv", self.timings)
         self.eta.record(self.timings)
 
