@@ -90,15 +90,22 @@ def splice(text: str, entries: dict[str, dict[str, Any]]) -> tuple[str, bool] | 
     return text, changed
 
 
-def patch() -> None:
+def patch() -> bool:
     """Make DVC's `Lockfile.dump_stages` splice (falling back to DVC's own code on a new, empty or
-    differently laid-out lock file, or any other file system than the local one)."""
-    from dvc import dvcfile
-    from dvc.stage import serialize
+    differently laid-out lock file, or any other file system than the local one); whether it is
+    patched. A DVC without the internals this relies on is left as it is, with a warning."""
+    try:
+        from dvc import dvcfile
+        from dvc.stage import serialize
+        from dvc.utils.serialize import dumps_yaml, parse_yaml  # noqa: F401  (used by splice)
 
-    original = dvcfile.Lockfile.dump_stages
+        original = dvcfile.Lockfile.dump_stages
+    except (ImportError, AttributeError) as e:
+        print(f"study.lockfile: DVC's lock writer not found ({e}); DVC writes the lock itself",
+              file=sys.stderr)  # fmt: skip
+        return False
     if getattr(original, "_study_splice", False):
-        return
+        return True
 
     def dump_stages(self: Any, stages: list, **kwargs: Any) -> None:
         if not stages:
@@ -126,6 +133,7 @@ def patch() -> None:
 
     dump_stages._study_splice = True  # type: ignore[attr-defined]
     dvcfile.Lockfile.dump_stages = dump_stages
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,6 +85,21 @@ def test_splicing_one_changed_stage_writes_the_bytes_of_dvcs_full_rewrite():
         assert splice(text, entry) == (_dvc_rewrite(text, entry), True)
 
 
+def test_the_patch_takes_on_the_pinned_dvc():
+    """The DVC internals the splice relies on are there (a DVC upgrade that moves them fails here,
+    where the runner would fall back to DVC's own, slower writer)."""
+    from dvc.dvcfile import Lockfile
+
+    from study.lockfile import patch
+
+    original = Lockfile.dump_stages
+    try:
+        assert patch() is True and Lockfile.dump_stages._study_splice
+        assert patch() is True and Lockfile.dump_stages is not original  # idempotent
+    finally:
+        Lockfile.dump_stages = original
+
+
 def test_an_entry_with_the_same_data_changes_nothing():
     text = _lock()
     assert splice(text, {"rm@single-0": _entry(1)}) == (text, False)
