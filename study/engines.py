@@ -1,7 +1,7 @@
 """The two engines that run a plan's stages, each as `dvc repro --single-item <stage>` in its own
 process group: a loop of subprocesses on this machine (`execute`) and Ray tasks on this machine or
-a cluster (`execute_ray`); with what both share (stopping a stage's processes, its log's last line,
-the timings table and the estimate of the time left)."""
+a cluster (`execute_ray`). Both stop a stage's whole process group on Ctrl-C or SIGTERM, and
+report through `study.progress.Progress`."""
 
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ from study.progress import Eta, Progress
 from study.stage_graph import Stage, priorities, start_order, submit_order
 
 LOG_DIR = Path(".dvc/tmp/pipeline")
-
-
 # DVC, its lock file updated stage by stage rather than rewritten whole (study/lockfile.py)
 DVC = [sys.executable, "-m", "study.lockfile"]
 
