@@ -1,6 +1,7 @@
-"""Does a code change move any number? Build a world, train reward models and run PPO with two
-revisions of the package on this machine, and compare what they write: every weight file byte for
-byte, every Parquet table value for value (timing columns aside).
+"""Does a code change move any number? Build a world, train reward models of every family (the
+cheap ones included), run PPO, best-of-n and a few RLOO steps with two revisions of the package on
+this machine, and compare what they write: every weight file byte for byte, every Parquet table
+value for value (timing columns aside).
 
     python benchmarks/same_numbers.py 2e1d17a            # that revision against the working tree
     python benchmarks/same_numbers.py A B --profile smoke
@@ -22,13 +23,16 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ("single", "multihead", "multihead-authors")
-VARIANTS = ("single", "multihead_min")
+FAMILIES = ("single", "multihead", "multihead-authors", "ensemble", "multihead-laplace",
+            "ensemble-dropout", "ensemble-lora")  # fmt: skip
+VARIANTS = ("single", "multihead_min", "ensemble_min", "gold")
 
 RUN = """
 import sys
+from study.bon_run import run_bon_stage
 from study.config import load_params
 from study.ppo_train import run_ppo_stage
+from study.rloo import train_rloo
 from study.rm_train import run_reward_stage
 from study.world.build import build_world
 out, profile = sys.argv[1], sys.argv[2] or None
@@ -40,6 +44,11 @@ for fam in FAMILIES:
 for v in VARIANTS:
     run_ppo_stage(p, v, 0, f"{out}/world", f"{out}/rm", f"{out}/res/ppo/{v}",
                   f"{out}/ppo/{v}", f"{out}/ck/{v}", progress=False)
+run_bon_stage(p, f"{out}/world", f"{out}/rm", f"{out}/res/bon", ["single", "multihead"], [0],
+              progress=False)
+table = train_rloo(p, "multihead_min", 0, f"{out}/world", f"{out}/rm", f"{out}/ck/rloo",
+                   progress=False, steps=3)
+table.to_parquet(f"{out}/res/rloo.parquet")
 """
 
 

@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM
 from study.aggregate import METHODS, aggregate, head_correlation
 from study.bon import bon_curve
 from study.config import Params
+from study.device import resolve
 from study.generation import format_queries, sample
 from study.hub import load_tokenizer, make_gold
 from study.io import load_prompts, provenance, require, write_csv, write_json, write_table
@@ -53,6 +54,7 @@ def score_bon_samples(
     """
     cfg = params.bon
     torch.set_num_threads(params.run.threads)
+    placement = resolve(params.placement)
     world = Path(world_dir)
     held_out = load_prompts(world, "eval")
     if len(held_out) < cfg.n_prompts:
@@ -63,6 +65,7 @@ def score_bon_samples(
     held_out = held_out[: cfg.n_prompts]
     tokenizer = load_tokenizer(str(world / "policy"), "world policy")
     policy = AutoModelForCausalLM.from_pretrained(require(world / "policy", "the world stage"))
+    placement.put(policy)
     repeated = [p for p in held_out for _ in range(cfg.n_samples)]  # prompt-major, (P * N,)
     t0 = time.perf_counter()
     s = sample(
@@ -73,6 +76,7 @@ def score_bon_samples(
         seed=int(np.random.SeedSequence([params.run.seed, 7]).generate_state(1)[0]),
         progress=progress,
         decoder="auto",
+        placement=placement,
     )
     sample_seconds = time.perf_counter() - t0
     g = make_gold(params).score(repeated, s.texts, s.finished)
@@ -95,10 +99,10 @@ def score_bon_samples(
     batch = params.reward.eval_batch_size
     for family in families:
         for seed in seeds:
-            reward_fn = family_reward_fn(params, family, seed, tokenizer, rm_root)
+            reward_fn = family_reward_fn(params, family, seed, tokenizer, rm_root, placement)
             t0 = time.perf_counter()
             out = []
-            with torch.no_grad():
+            with torch.no_grad(), placement.autocast():
                 for i in tqdm(
                     range(0, len(repeated), batch),
                     desc=f"scoring {family} s{seed}",

@@ -40,6 +40,7 @@ import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
 from study.config import RewardConfig
+from study.device import CPU, Placement, on
 from study.modeling_reward import MultiHeadRewardModel
 from study.reward_models import EnsembleRewardModel, build_reward_model, right_pad
 from study.rm_train import EncodedPairs, member_seed, train_reward_model
@@ -55,12 +56,14 @@ def pooled_features(
     """The features (N, d) the heads read: the encoder's hidden state at each sequence's last
     token (the input of `model.score`, captured by a hook)."""
     captured: list[torch.Tensor] = []
-    hook = model.score.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0]))
+    hook = model.score.register_forward_hook(
+        lambda _m, inp, _out: captured.append(inp[0].float().cpu())
+    )
     was_training = model.training
     model.eval()  # no dropout in the features
     try:
         for s in range(0, len(seqs), batch_size):
-            ids, mask = right_pad(seqs[s : s + batch_size], pad_id)
+            ids, mask = on(model, *right_pad(seqs[s : s + batch_size], pad_id))
             model(ids, mask)
     finally:
         hook.remove()
@@ -95,7 +98,7 @@ def laplace_heads(
     if model.k != 1:
         raise ValueError(f"laplace_heads takes a single-head model, got K = {model.k}")
     x = pooled_features(model, chosen, pad_id) - pooled_features(model, rejected, pad_id)
-    w = model.score.weight[0].detach().double()
+    w = model.score.weight[0].detach().cpu().double()
     h, cov = laplace_posterior(x, w, prior_precision)
     # w + L⁻ᵀ z for H = L Lᵀ has covariance H⁻¹; one row of z per head, so the first K heads of
     # a larger K are the same draws (nested head counts)
@@ -104,7 +107,7 @@ def laplace_heads(
     draws = w + torch.linalg.solve_triangular(chol.T, z.T, upper=True).T  # (K, d)
     config = copy.deepcopy(model.config)
     config.num_labels = k
-    out = MultiHeadRewardModel(config)
+    out = MultiHeadRewardModel(config)  # on the CPU: the caller places it
     out.encoder.load_state_dict(model.encoder.state_dict())
     with torch.no_grad():
         out.score.weight.copy_(draws.to(out.score.weight.dtype))
@@ -165,7 +168,7 @@ def dropout_members(
         m = copy.deepcopy(model).eval()
         with torch.no_grad():
             for layer, keep in zip(_mlp_outputs(m.encoder), masks, strict=True):
-                layer.weight.mul_(keep[:, None].to(layer.weight.dtype))
+                layer.weight.mul_(keep[:, None].to(layer.weight.device, layer.weight.dtype))
         members.append(m)
     return EnsembleRewardModel(members)
 
@@ -182,6 +185,7 @@ def lora_members(
     targets: Sequence[str] = ("c_attn", "c_fc"),
     progress: bool = False,
     max_steps: int | None = None,
+    placement: Placement = CPU,
 ) -> tuple[EnsembleRewardModel, pd.DataFrame]:
     """K = `cfg.k` members on one frozen encoder (the SFT backbone): each its own low-rank adapters
     (`peft` LoRA of rank `rank` on the `targets` projections) and its own head, trained with the
@@ -197,13 +201,15 @@ def lora_members(
         model = build_reward_model(
             cfg.encoder, policy_dir, 1, s, cfg.head_init_std, pad_id, cfg.head_init
         )
+        placement.put(model)  # peft puts the adapters beside the weights they adapt
         torch.manual_seed(s)  # the adapters' initial A matrices
         lora = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets),
                           fan_in_fan_out=True, lora_dropout=0.0)  # fmt: skip
         model.encoder = get_peft_model(model.encoder, lora)  # base weights frozen by peft
         hist = train_reward_model(
-            model, pairs, train_cfg, cfg.epochs("single"), s, pad_id, progress, max_steps
-        )
+            model, pairs, train_cfg, cfg.epochs("single"), s, pad_id, progress, max_steps,
+            placement,
+        )  # fmt: skip
         model.encoder = model.encoder.merge_and_unload()
         histories.append(hist.assign(member=m))
         members.append(model.eval())

@@ -771,6 +771,48 @@ class ReportConfig:
         _check(self.equivalence_margin > 0, "report.equivalence_margin", "must be > 0")
 
 
+DEVICES = ("cpu", "cuda", "mps", "auto")
+DTYPES = ("float32", "bfloat16")
+
+
+@section
+class PlacementConfig:
+    """Where the models run and in what precision: how a result is computed, not what it is, so
+    no stage declares it (switching device leaves results up to date; `dvc repro --force` remakes
+    them there). A result records its placement where it is not the CPU in float32."""
+
+    device: str = _f(
+        "cpu",
+        "Where every stage's models run: 'cpu', 'cuda', 'cuda:N' (one GPU), 'mps', or 'auto' "
+        "(CUDA if torch sees one, else MPS, else the CPU).",
+    )
+    dtype: str = _f(
+        "float32",
+        "Precision of forward passes: 'float32', or 'bfloat16' (autocast; weights, optimiser "
+        "states, rewards and the gold reward stay float32).",
+    )
+    gradient_checkpointing: bool = _f(
+        False, "Recompute the policy's activations in PPO's backward pass instead of keeping them."
+    )
+
+    def __post_init__(self) -> None:
+        base, colon, index = self.device.partition(":")
+        _check(
+            (base in DEVICES and not colon) or (base == "cuda" and index.isdigit()),
+            "placement.device",
+            f"must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}",
+        )
+        _check(
+            self.dtype in DTYPES,
+            "placement.dtype",
+            f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}",
+        )
+
+    @property
+    def is_default(self) -> bool:
+        return self == PlacementConfig()
+
+
 @dataclass(frozen=True)
 class Params:
     """One resolved profile: every section of `params.yaml`."""
@@ -789,6 +831,7 @@ class Params:
     bon: BoNConfig
     rloo: RLOOConfig
     report: ReportConfig
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
 
     def __post_init__(self) -> None:
         _check(
@@ -809,7 +852,10 @@ class Params:
             self.reward.arm(name)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every section that decides what a result is: all but `placement` (where it runs)."""
+        out = dataclasses.asdict(self)
+        del out["placement"]
+        return out
 
 
 SECTIONS: dict[str, type] = {
@@ -1010,7 +1056,8 @@ def write_resolved(params_path: str | Path = "params.yaml", out: str | Path = RE
     depends on the values it runs with, and an edit to a profile that is not active changes
     nothing it reads."""
     p = load_params(params_path)
-    body = yaml.safe_dump(p.to_dict(), sort_keys=False)
+    resolved = {**p.to_dict(), "placement": dataclasses.asdict(p.placement)}
+    body = yaml.safe_dump(resolved, sort_keys=False)
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(f"# written by `python -m study.config resolve` from {Path(params_path).name}: "
@@ -1024,6 +1071,7 @@ if __name__ == "__main__":
         print(write_resolved(*sys.argv[2:4]))
     elif len(sys.argv) > 1:
         p = load_params(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
-        print(yaml.safe_dump(p.to_dict(), sort_keys=False))
+        print(yaml.safe_dump({**p.to_dict(), "placement": dataclasses.asdict(p.placement)},
+                             sort_keys=False))  # fmt: skip
     else:
         print(describe())

@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 
 from study.config import Params, load_params
+from study.device import CPU, Placement, on, resolve
 from study.optim import length_grouped_batches
 from study.reward_models import (
     EnsembleRewardModel,
@@ -60,11 +61,22 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _peak_mb(placement: Placement, rss0: float) -> float:
+    """Peak memory so far, MiB: the GPU's allocations on CUDA, the process's RSS growth on the CPU."""
+    if placement.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(placement.device) / 2**20
+    return _peak_rss_mb() - rss0
+
+
 class _Trainer:
     """One model's optimiser step (`study.rm_train.bt_step`) on a batch of pair indices, timed."""
 
-    def __init__(self, model: MultiHeadRewardModel, pairs: Any, params: Params, pad_id: int):
+    def __init__(
+        self, model: MultiHeadRewardModel, pairs: Any, params: Params, pad_id: int,
+        placement: Placement = CPU,
+    ):  # fmt: skip
         self.model, self.pairs, self.cfg, self.pad_id = model, pairs, params.reward, pad_id
+        self.placement = placement
         self.opt = torch.optim.AdamW(
             model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
         )
@@ -74,15 +86,19 @@ class _Trainer:
     def step(self, idx: Sequence[int]) -> float:
         t0 = time.perf_counter()
         bt_step(
-            self.model, self.opt, self.trainable, self.pairs, idx, self.pad_id, self.cfg.grad_clip
-        )
+            self.model, self.opt, self.trainable, self.pairs, idx, self.pad_id, self.cfg.grad_clip,
+            placement=self.placement,
+        )  # fmt: skip
+        self.placement.synchronize()
         return time.perf_counter() - t0
 
 
 @torch.no_grad()
-def _score_time(model: Any, seqs: list, pad_id: int) -> float:
+def _score_time(model: Any, seqs: list, pad_id: int, placement: Placement = CPU) -> float:
     t0 = time.perf_counter()
-    model.rewards(*right_pad(seqs, pad_id))
+    with placement.autocast():
+        model.rewards(*on(model, *right_pad(seqs, pad_id)))
+    placement.synchronize()
     return time.perf_counter() - t0
 
 
@@ -98,7 +114,8 @@ def measure(family: str, k: int, params: Params, world_dir: str | Path) -> dict[
         raise ValueError(f"family: {family!r} (cost is measured for {', '.join(COST_FAMILIES)})")
     torch.set_num_threads(params.run.threads)
     cfg, ev = params.reward, params.reward_eval
-    cuda = torch.cuda.is_available()
+    placement = resolve(params.placement)
+    cuda = placement.device.type == "cuda"
     tok = reward_tokenizer(cfg, world_dir)
     pad = tok.pad_token_id
     _, train = load_pairs(params, world_dir, "train", tok)
@@ -121,30 +138,31 @@ def measure(family: str, k: int, params: Params, world_dir: str | Path) -> dict[
     policy_dir = Path(world_dir) / "policy"
 
     def build(heads: int, m: int) -> MultiHeadRewardModel:
-        return build_reward_model(
-            cfg.encoder, policy_dir, heads, member_seed(0, 0, m), cfg.head_init_std
-        )
+        return placement.put(
+            build_reward_model(cfg.encoder, policy_dir, heads, member_seed(0, 0, m),
+                               cfg.head_init_std)
+        )  # fmt: skip
 
     # 1. memory, with only this point's models alive (ru_maxrss only rises: training first)
     rss0 = _rss_mb()
     n_models, heads = (1, k) if family == "multihead" else (k, 1)
     members = [build(heads, m) for m in range(n_models)]
-    trainers = [_Trainer(m, train, params, pad) for m in members]
+    trainers = [_Trainer(m, train, params, pad, placement) for m in members]
     for idx in epoch[:WARMUP_STEPS]:
         for t in trainers:
             t.step(idx)
-    train_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb() - rss0
+    train_peak = _peak_mb(placement, rss0)
     scorer = members[0] if family == "multihead" else EnsembleRewardModel(members, vectorize=True)
     looped = EnsembleRewardModel(members, vectorize=False) if family == "ensemble" else None
     for m in members:
         m.eval()
-    _score_time(scorer, score_batches[0], pad)
+    _score_time(scorer, score_batches[0], pad, placement)
     if looped is not None:
-        _score_time(looped, score_batches[0], pad)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb() - rss0
+        _score_time(looped, score_batches[0], pad, placement)
+    peak = _peak_mb(placement, rss0)
 
     # 2. training time, paired with a single reference model on the same batches
-    ref = _Trainer(build(1, 99), train, params, pad)
+    ref = _Trainer(build(1, 99), train, params, pad, placement)
     for idx in epoch[:WARMUP_STEPS]:
         ref.step(idx)
     for m in members:
@@ -163,11 +181,11 @@ def measure(family: str, k: int, params: Params, world_dir: str | Path) -> dict[
     ref_sc, vmap_sc, loop_sc = [], [], []
     for b, seqs in enumerate(score_batches):
         # alternate the order: the reference first on even batches, last on odd ones
-        t_ref = _score_time(ref.model, seqs, pad) if b % 2 == 0 else None
-        t_point = _score_time(scorer, seqs, pad)
-        t_loop = _score_time(looped, seqs, pad) if looped is not None else float("nan")
+        t_ref = _score_time(ref.model, seqs, pad, placement) if b % 2 == 0 else None
+        t_point = _score_time(scorer, seqs, pad, placement)
+        t_loop = _score_time(looped, seqs, pad, placement) if looped is not None else float("nan")
         if t_ref is None:
-            t_ref = _score_time(ref.model, seqs, pad)
+            t_ref = _score_time(ref.model, seqs, pad, placement)
         times = (t_ref, t_point, t_loop)
         if b > 0:
             for acc, t in zip((ref_sc, vmap_sc, loop_sc), times, strict=True):
@@ -206,7 +224,7 @@ def measure(family: str, k: int, params: Params, world_dir: str | Path) -> dict[
         "ref_score_batch_s": med(ref_sc),
         "peak_train_mb": train_peak,
         "peak_mb": peak,
-        "device": "cuda" if cuda else "cpu",
+        "device": str(placement.device),
         "threads": params.run.threads,
     }
 

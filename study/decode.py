@@ -64,9 +64,11 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 class _Cache:
     """Keys and values of every layer, (B, heads, L_max, head_dim), filled left to right."""
 
-    def __init__(self, n_layer: int, b: int, heads: int, length: int, head_dim: int):
-        self.k = torch.zeros(n_layer, b, heads, length, head_dim)
-        self.v = torch.zeros(n_layer, b, heads, length, head_dim)
+    def __init__(
+        self, n_layer: int, b: int, heads: int, length: int, head_dim: int, device: torch.device
+    ):
+        self.k = torch.zeros(n_layer, b, heads, length, head_dim, device=device)
+        self.v = torch.zeros(n_layer, b, heads, length, head_dim, device=device)
 
 
 def _conv1d(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:
@@ -122,13 +124,15 @@ def gpt2_hidden_stream(
     length = tq + n_new
     if length > c.n_positions:
         raise ValueError(f"{tq} query + {n_new} new tokens exceed the policy's {c.n_positions}")
-    cache = _Cache(c.n_layer, b, heads, length, d // heads)
-    key_mask = torch.zeros(b, length, dtype=torch.bool)
+    dev = query_ids.device
+    cache = _Cache(c.n_layer, b, heads, length, d // heads, dev)
+    key_mask = torch.zeros(b, length, dtype=torch.bool, device=dev)
     key_mask[:, :tq] = query_mask.bool()
     positions = (query_mask.cumsum(1) - 1).clamp(min=0)  # (B, Tq): from each row's first token
     # the query: causal and padding masks; a padding position reads itself so no row is empty
-    causal = torch.ones(tq, tq, dtype=torch.bool).tril()
-    mask = (causal[None] & key_mask[:, None, :tq]) | torch.eye(tq, dtype=torch.bool)[None]
+    causal = torch.ones(tq, tq, dtype=torch.bool, device=dev).tril()
+    eye = torch.eye(tq, dtype=torch.bool, device=dev)
+    mask = (causal[None] & key_mask[:, None, :tq]) | eye[None]
     x = tr.wte(query_ids) + tr.wpe(positions)
     for i, block in enumerate(tr.h):
         x = _block_forward(block, x, cache, i, 0, mask[:, None], heads, act)
@@ -162,9 +166,10 @@ def gpt2_sample(
     log-probabilities (and a shared value head its values) without another forward. Stops early
     once every row has ended; the rest is padding (hidden states 0)."""
     b, t_max = query_ids.shape[0], cfg.max_new_tokens
-    out = torch.full((b, t_max), pad_id, dtype=torch.long)
-    hiddens = torch.zeros(b, t_max, model.config.n_embd)
-    unfinished = torch.ones(b, dtype=torch.bool)
+    dev = query_ids.device
+    out = torch.full((b, t_max), pad_id, dtype=torch.long, device=dev)
+    hiddens = torch.zeros(b, t_max, model.config.n_embd, device=dev)
+    unfinished = torch.ones(b, dtype=torch.bool, device=dev)
     stream = gpt2_hidden_stream(model, query_ids, query_mask, t_max)
     hidden = next(stream)
     for t in range(t_max):

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from study.config import SamplingConfig
 from study.decode import gpt2_sample, supports
+from study.device import CPU, Placement
 
 
 def format_queries(prompts: Sequence[str], template: str) -> list[str]:
@@ -82,6 +83,28 @@ def decode_responses(
     ]
 
 
+def _generate(
+    model: PreTrainedModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: SamplingConfig,
+    pad_id: int,
+    eos_id: int,
+) -> torch.Tensor:
+    """Hugging Face `generate` with the sampling settings of `cfg`: (B, Tq + T) ids on the CPU."""
+    return model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=True,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+    ).cpu()
+
+
 @torch.no_grad()
 def sample(
     model: PreTrainedModel,
@@ -91,12 +114,14 @@ def sample(
     seed: int,
     progress: bool = False,
     decoder: str = "generate",
+    placement: Placement = CPU,
 ) -> Samples:
     """Sample one response per query with the sampling settings of `cfg`, seeded by `seed`.
 
     `decoder`: ``generate`` (Hugging Face `generate`, what the world's data were sampled with) or
     ``auto`` (the KV-cached decoder of `study.decode` where the model is a GPT-2 it supports,
     `generate` otherwise): the same distribution, several times faster on small policies.
+    The model samples where it is, in `placement`'s precision; the samples come back on the CPU.
     """
     if decoder not in ("generate", "auto"):
         raise ValueError(f"decoder {decoder!r}: expected 'generate' or 'auto'")
@@ -117,21 +142,13 @@ def sample(
     for start in tqdm(starts, desc="sampling", disable=not progress, leave=False):
         q_ids, q_mask = left_pad(encoded[start : start + cfg.batch_size], pad_id)
         if cached:
-            r, h = gpt2_sample(model, q_ids.to(device), q_mask.to(device), cfg, eos_id, pad_id)
+            with placement.autocast():
+                r, h = gpt2_sample(model, q_ids.to(device), q_mask.to(device), cfg, eos_id, pad_id)
             r_ids, r_mask, finished = truncate_at_eos(r.cpu(), eos_id, pad_id)
-            chunks.append((q_ids, q_mask, r_ids, r_mask, finished, h.cpu()))
+            chunks.append((q_ids, q_mask, r_ids, r_mask, finished, h.float().cpu()))
             continue
-        out = model.generate(
-            input_ids=q_ids.to(device),
-            attention_mask=q_mask.to(device),
-            do_sample=True,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k,
-            top_p=cfg.top_p,
-            max_new_tokens=cfg.max_new_tokens,
-            pad_token_id=pad_id,
-            eos_token_id=eos_id,
-        ).cpu()
+        with placement.autocast():
+            out = _generate(model, q_ids.to(device), q_mask.to(device), cfg, pad_id, eos_id)
         r = out[:, q_ids.shape[1] :]
         if r.shape[1] < cfg.max_new_tokens:  # generate stops early when every row has ended
             fill = torch.full((r.shape[0], cfg.max_new_tokens - r.shape[1]), pad_id)

@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from study.config import Params
+from study.device import resolve
 from study.io import MissingArtifactError
 from study.world.gold import EmbeddedGold, GoldReward, GoldScores
 
@@ -120,16 +121,19 @@ def load_table(
 
 
 class HubGold:
-    """A gold reward from a sequence-classification reward model (e.g. a 1B+ RM on a GPU)."""
+    """A gold reward from a sequence-classification reward model (e.g. a 1B+ RM on a GPU), scored
+    in float32 whatever its checkpoint's dtype and the stage's precision."""
 
     components: tuple[str, ...] = ("model",)
 
-    def __init__(self, source: str, template: str, batch_size: int = 32, device: str | None = None):
+    def __init__(self, source: str, template: str, batch_size: int = 32, device: str = "cpu"):
         _check_local(source, "sources.gold")
         try:
             path = str(Path(source).expanduser()) if _looks_local(source) else source
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                path, dtype=torch.float32
+            ).eval()
         except Exception as e:
             raise _wrap("sources.gold", source, e) from e
         if self.model.config.num_labels != 1:
@@ -139,7 +143,7 @@ class HubGold:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device
         self.model.to(self.device)
         self.template = template
         self.batch_size = batch_size
@@ -155,18 +159,25 @@ class HubGold:
         texts = [
             f"{self.template.format(prompt=p)} {r}" for p, r in zip(prompts, responses, strict=True)
         ]
+        # float32 even inside a stage's bfloat16 autocast: gold is the measure, not the model
+        with torch.autocast(self.model.device.type, enabled=False):
+            out = self._score(texts)
+        total = torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+        return GoldScores(total=total, contributions={"model": total.copy()})
+
+    def _score(self, texts: list[str]) -> list[torch.Tensor]:
         out = []
         for s in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(
                 texts[s : s + self.batch_size], return_tensors="pt", padding=True, truncation=True
             )
             out.append(self.model(**enc.to(self.device)).logits[:, 0].float().cpu())
-        total = torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
-        return GoldScores(total=total, contributions={"model": total.copy()})
+        return out
 
 
 def make_gold(params: Params) -> GoldReward:
     """The gold reward named by `sources.gold`: the embedded world's, or a hub reward model."""
     if params.sources.gold == "embedded":
         return EmbeddedGold(params.gold)
-    return HubGold(params.sources.gold, params.sources.prompt_template)
+    device = resolve(params.placement).device
+    return HubGold(params.sources.gold, params.sources.prompt_template, device=str(device))

@@ -9,6 +9,7 @@ metadata.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import glob
 import json
@@ -63,9 +64,13 @@ def git_revision(cwd: str | Path = ".") -> str:
 
 def provenance(params: Any, timestamp: bool = False) -> dict[str, Any]:
     """What made a result: the resolved parameters and the git revision (and, if asked, the time;
-    off by default so that the same run writes byte-identical tables)."""
+    off by default so that the same run writes byte-identical tables), and where the models ran
+    when that was not the CPU in float32."""
     resolved = params.to_dict() if hasattr(params, "to_dict") else params
     prov = {"git_revision": git_revision(), "params": resolved}
+    placement = getattr(params, "placement", None)
+    if placement is not None and not placement.is_default:
+        prov["placement"] = dataclasses.asdict(placement)
     if timestamp:
         prov["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return prov

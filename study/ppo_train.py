@@ -34,6 +34,7 @@ from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel, PreTr
 
 from study.aggregate import aggregate, head_correlation
 from study.config import Params, SamplingConfig
+from study.device import CPU, Placement, checkpoint_activations, on, resolve
 from study.generation import Samples, format_queries, sample
 from study.hub import load_tokenizer, make_gold
 from study.io import (
@@ -113,6 +114,11 @@ class Forward:
     logprobs: torch.Tensor
     entropy: torch.Tensor | None = None
     values: torch.Tensor | None = None
+
+    def float(self) -> Forward:
+        """Every tensor in float32 (the same tensors where they are already)."""
+        f = lambda t: None if t is None else t.float()  # noqa: E731
+        return Forward(f(self.logprobs), f(self.entropy), f(self.values))
 
 
 def _joined(
@@ -307,22 +313,25 @@ def make_rollout(
     of from another forward of the trunk (as TRL reads them from the generation's logits)."""
     s = trim_responses(samples)
     q_ids, q_mask, r_ids, r_mask = s.query_ids, s.query_mask, s.response_ids, s.response_mask
-    # 3. score query + response with every head, normalise per head, aggregate
+    # 3. score query + response with every head, normalise per head, aggregate (on the CPU)
     ids, mask = torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1)
     head_rewards = normaliser(reward_fn(Scored(ids, mask, prompts, s.texts, s.finished)))  # (K, B)
     if not torch.isfinite(head_rewards).all():
         raise FloatingPointError("a proxy reward is not finite")
     scores = aggregate(head_rewards, method, uwo_lambda)  # (B,)
-    # 4. per-token log-probabilities of policy and reference, and values
+    # 4. per-token log-probabilities of policy and reference, and values, where the policy is
+    q_ids, q_mask, r_ids, r_mask = on(ac, q_ids, q_mask, r_ids, r_mask)
     if s.hidden is not None:
-        out = ac.read(s.hidden, q_ids, q_mask, r_ids, r_mask, temperature, with_entropy=True)
+        (hidden,) = on(ac, s.hidden)
+        out = ac.read(hidden, q_ids, q_mask, r_ids, r_mask, temperature, with_entropy=True)
     else:
         out = ac(q_ids, q_mask, r_ids, r_mask, temperature, with_entropy=True)
     ref_logprobs = policy_forward(ref, q_ids, q_mask, r_ids, r_mask, temperature).logprobs
     maskf = r_mask.float()
     logprobs, ref_logprobs, values = out.logprobs * maskf, ref_logprobs * maskf, out.values * maskf
     # 5. KL-shaped per-token rewards
-    rewards = shaped_rewards(scores, kl_per_token(logprobs, ref_logprobs), maskf, kl_coef)
+    (scores_here,) = on(ac, scores)
+    rewards = shaped_rewards(scores_here, kl_per_token(logprobs, ref_logprobs), maskf, kl_coef)
     # 6. advantages
     advantages, returns = gae(rewards, values, maskf, gamma, lam)
     return Rollout(
@@ -345,8 +354,10 @@ def ppo_update(
     temperature: float,
     generator: torch.Generator,
     ent_coef: float = 0.0,
+    placement: Placement = CPU,
 ) -> dict[str, float]:
     """Step 7: PPO epochs over shuffled minibatches; returns the mean losses and clip fractions.
+    Forward passes in `placement`'s precision; losses and the backward pass outside autocast.
 
     Loss per minibatch: pg_loss + vf_coef * vf_loss - ent_coef * (mean entropy of the policy
     over response tokens), one backward through the actor-critic, each clip group's gradient norm
@@ -368,10 +379,12 @@ def ppo_update(
             adv = ro.advantages[idx]
             if whiten_advantages:
                 adv = whiten(adv, mask)
-            new = ac(
-                ro.query_ids[idx], ro.query_mask[idx], ro.response_ids[idx],
-                ro.response_mask[idx], temperature, with_entropy=ent_coef > 0,
-            )  # fmt: skip
+            with placement.autocast():
+                new = ac(
+                    ro.query_ids[idx], ro.query_mask[idx], ro.response_ids[idx],
+                    ro.response_mask[idx], temperature, with_entropy=ent_coef > 0,
+                )  # fmt: skip
+            new = new.float()
             pg_loss, pg_clipfrac = ppo_policy_loss(
                 new.logprobs, ro.logprobs[idx], adv, mask, cliprange
             )
@@ -383,7 +396,9 @@ def ppo_update(
                     raise FloatingPointError(f"PPO: {name} is {loss.item()}")
             optimizer.zero_grad(set_to_none=True)
             entropy_loss = (
-                -masked_mean(new.entropy, mask) if new.entropy is not None else torch.zeros(())
+                -masked_mean(new.entropy, mask)
+                if new.entropy is not None
+                else torch.zeros((), device=mask.device)
             )
             (pg_loss + vf_coef * vf_loss + ent_coef * entropy_loss).backward()
             for group in clip_groups:
@@ -482,12 +497,9 @@ def evaluate_policy(
     mask = torch.cat([s.query_mask, s.response_mask], 1)
     heads = normaliser(reward_fn(Scored(ids, mask, prompts, s.texts, s.finished)))  # (K, B)
     t = sampling.temperature
-    lp = policy_forward(
-        policy, s.query_ids, s.query_mask, s.response_ids, s.response_mask, t
-    ).logprobs
-    ref_lp = policy_forward(
-        ref, s.query_ids, s.query_mask, s.response_ids, s.response_mask, t
-    ).logprobs
+    here = on(policy, s.query_ids, s.query_mask, s.response_ids, s.response_mask)
+    lp = policy_forward(policy, *here, t).logprobs.float().cpu()
+    ref_lp = policy_forward(ref, *here, t).logprobs.float().cpu()
     rmask = s.response_mask.float()
     g = gold.score(prompts, s.texts, s.finished)
     kl_seq = ((lp - ref_lp) * rmask).sum(1)  # (B,)
@@ -567,7 +579,7 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, map_location="cpu")
         if not isinstance(state, dict) or "fingerprint" not in state:
             raise ValueError("not a PPO checkpoint of this study")
     except Exception as e:  # any unreadable file: the run must not stop on it
@@ -602,6 +614,7 @@ def train_ppo(
     """
     cfg = params.ppo
     torch.set_num_threads(params.run.threads)
+    placement = resolve(params.placement)
     world = Path(world_dir)
     rl, held_out = load_prompts(world, "rl"), load_prompts(world, "eval")  # checked first
     run_dir = Path(run_dir)
@@ -609,9 +622,13 @@ def train_ppo(
     tokenizer = load_tokenizer(str(world / "policy"), "world policy")
     policy = AutoModelForCausalLM.from_pretrained(world / "policy")
     ref = AutoModelForCausalLM.from_pretrained(world / "policy").eval().requires_grad_(False)
-    ac = ActorCritic(policy, cfg.value_model).eval()
+    ac = placement.put(ActorCritic(policy, cfg.value_model).eval())
+    placement.put(ref)
+    if placement.gradient_checkpointing:
+        checkpoint_activations(ac)
     gold = make_gold(params)
-    reward_fn, method = variant_reward_fn(params, variant, seed, tokenizer, rm_root, gold)
+    reward_fn, method = variant_reward_fn(params, variant, seed, tokenizer, rm_root, gold,
+                                          placement)  # fmt: skip
     template, sampling = params.sources.prompt_template, params.sampling
     optimizer = make_optimizer(ac, cfg.lr, cfg.value_lr)
     kl_ctl = (
@@ -641,16 +658,18 @@ def train_ppo(
         eval_samples = [g for _, g in tables["eval_samples"].groupby("step", sort=True)]
         start = int(state["step"]) + 1
     else:
-        normaliser = fit_normaliser(
-            reward_fn, ref, tokenizer, rl, template, sampling, cfg.n_norm_samples,
-            _seed(params.run.seed, seed, 1), cfg.normalise,
-        )  # fmt: skip
+        with placement.autocast():
+            normaliser = fit_normaliser(
+                reward_fn, ref, tokenizer, rl, template, sampling, cfg.n_norm_samples,
+                _seed(params.run.seed, seed, 1), cfg.normalise,
+            )  # fmt: skip
 
     def evaluate(step: int) -> None:
-        row, per_sample = evaluate_policy(
-            policy, ref, tokenizer, reward_fn, normaliser, gold, held_out, template, sampling,
-            method, params.reward.uwo_lambda, _seed(params.run.seed, seed, 4),
-        )  # fmt: skip
+        with placement.autocast():
+            row, per_sample = evaluate_policy(
+                policy, ref, tokenizer, reward_fn, normaliser, gold, held_out, template, sampling,
+                method, params.reward.uwo_lambda, _seed(params.run.seed, seed, 4),
+            )  # fmt: skip
         bad = {k: v for k, v in row.items() if isinstance(v, float) and not np.isfinite(v)
                and k in ("kl", "kl_k3", "proxy", "gold")}  # fmt: skip
         if bad:
@@ -698,21 +717,24 @@ def train_ppo(
             sampling,
             _seed(params.run.seed, seed, 3, step),
             decoder="auto",
+            placement=placement,
         )
         t_sampled = time.perf_counter()
         timer = _Timer(reward_fn)
         try:
             # 3-6. score, log-probs, values, KL shaping, GAE
-            ro = make_rollout(
-                ac, ref, timer, normaliser, samples, batch, method,
-                params.reward.uwo_lambda, beta, cfg.gamma, cfg.lam, sampling.temperature,
-            )  # fmt: skip
+            with placement.autocast():
+                ro = make_rollout(
+                    ac, ref, timer, normaliser, samples, batch, method,
+                    params.reward.uwo_lambda, beta, cfg.gamma, cfg.lam, sampling.temperature,
+                )  # fmt: skip
             # 7. PPO epochs
             stats = ppo_update(
                 ac, optimizer, ro, cfg.ppo_epochs, cfg.minibatches, cfg.cliprange,
                 cfg.cliprange_value, cfg.vf_coef, cfg.grad_clip, cfg.whiten_advantages,
                 sampling.temperature,
                 torch.Generator().manual_seed(_seed(params.run.seed, seed, 5, step)), cfg.ent_coef,
+                placement,
             )  # fmt: skip
         except FloatingPointError as e:
             raise FloatingPointError(
@@ -722,6 +744,7 @@ def train_ppo(
         _check_finite(step, kl=row["kl"], proxy=row["proxy"], gold=row["gold"], **stats)
         if kl_ctl is not None:
             kl_ctl.update(row["kl"], cfg.batch_size)
+        placement.synchronize()
         seconds = time.perf_counter() - t0
         row.update(stats, kl_coef=beta, lr=lr, step_seconds=seconds,
                    sample_seconds=t_sampled - t0, score_seconds=timer.seconds)  # fmt: skip

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from study.aggregate import METHODS
 from study.config import Params, SamplingConfig
+from study.device import CPU, Placement, on
 from study.generation import Samples, format_queries, sample
 from study.hub import load_tokenizer
 from study.io import require
@@ -101,7 +102,7 @@ def proxy_reward_fn(
     """Rewards (K, B) of policy token ids under a reward model; re-tokenised only when the reward
     model reads with another vocabulary than the policy."""
     if rm_tokenizer.get_vocab() == tokenizer.get_vocab():
-        return lambda b: rm.rewards(b.ids, b.mask)
+        return lambda b: rm.rewards(*on(rm, b.ids, b.mask)).float().cpu()
 
     def retokenised(b: Scored) -> torch.Tensor:
         texts = [
@@ -128,12 +129,13 @@ def variant_reward_fn(
     tokenizer: PreTrainedTokenizerBase,
     rm_root: str | Path,
     gold: GoldReward,
+    placement: Placement = CPU,
 ) -> tuple[RewardFn, str]:
     """The reward function (K, B) of `variant` and its aggregation, as `train_ppo` builds them."""
     family, method = variant_spec(variant)
     if family == "gold":
         return gold_reward_fn(gold), method
-    return family_reward_fn(params, family, seed, tokenizer, rm_root), method
+    return family_reward_fn(params, family, seed, tokenizer, rm_root, placement), method
 
 
 def family_reward_fn(
@@ -142,13 +144,15 @@ def family_reward_fn(
     seed: int,
     tokenizer: PreTrainedTokenizerBase,
     rm_root: str | Path,
+    placement: Placement = CPU,
 ) -> RewardFn:
     """The raw rewards (K, B) of the reward model `rm_root/<family>/seed<seed>` (stage
-    rm@<family>-<seed>), frozen, re-tokenised from the policy's `tokenizer` to its own."""
+    rm@<family>-<seed>), frozen, on `placement`'s device, re-tokenised from the policy's
+    `tokenizer` to its own; float32 on the CPU."""
     rm_dir = require(Path(rm_root) / family / f"seed{seed}", f"stage rm@{family}-{seed}")
-    rm = load_reward_model(
-        rm_dir, vectorize=params.reward.vectorize_ensemble(torch.cuda.is_available())
-    ).requires_grad_(False)
+    cuda = placement.device.type == "cuda"
+    rm = load_reward_model(rm_dir, vectorize=params.reward.vectorize_ensemble(cuda))
+    rm = placement.put(rm).requires_grad_(False)
     rm_tok = load_tokenizer(str(rm_dir), "reward model")  # saved beside the model(s)
     return proxy_reward_fn(rm, rm_tok, tokenizer, params.reward.max_length)
 

@@ -31,6 +31,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from study.device import on
 from study.modeling_reward import MultiHeadRewardModel, RewardModelConfig
 
 FAMILIES = ("single", "multihead", "ensemble")
@@ -88,6 +89,13 @@ class EnsembleRewardModel(nn.Module):
         with contextlib.suppress(ValueError, AttributeError):  # SDPA has no vmap batching rule
             base.set_attn_implementation("eager")
         self._base = [base]  # a list: not a registered submodule
+
+    def _apply(self, fn, *args, **kwargs):
+        """`.to(device)` and friends move the stacked buffers too (a plain dict, not registered)."""
+        out = super()._apply(fn, *args, **kwargs)
+        if self.vectorize:
+            self._buffers_stacked = {k: fn(v) for k, v in self._buffers_stacked.items()}
+        return out
 
     @property
     def k(self) -> int:
@@ -267,12 +275,13 @@ def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
 def score_ids(
     model: Scorer, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int = 256
 ) -> torch.Tensor:
-    """Rewards (K, N) of N token-id sequences, scored in length-sorted batches."""
+    """Rewards (K, N) of N token-id sequences, scored in length-sorted batches where the model is
+    (in the caller's autocast, if any); float32 on the CPU."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     out = []
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        ids, mask = right_pad([seqs[i] for i in idx], pad_id)
-        out.append(model.rewards(ids, mask))
+        ids, mask = on(model, *right_pad([seqs[i] for i in idx], pad_id))
+        out.append(model.rewards(ids, mask).float().cpu())
     rewards = torch.cat(out, dim=1)  # (K, N) in sorted order
     return rewards[:, torch.argsort(torch.as_tensor(order))]

@@ -59,6 +59,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from study.aggregate import aggregate
 from study.config import Params, RLOOConfig
+from study.device import resolve
 from study.generation import format_queries, left_pad
 from study.hf import RewardCallInfo, RewardFunction, load_bundle
 from study.hub import load_tokenizer, make_gold
@@ -326,10 +327,13 @@ def train_rloo(
     if steps is not None:
         cfg = dataclasses.replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps - 1))
     torch.set_num_threads(params.run.threads)
+    placement = resolve(params.placement)
+    if placement.device.type == "cuda":  # TRL (Accelerate) trains on the current CUDA device
+        torch.cuda.set_device(placement.device)
     world, run_dir = Path(world_dir), Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(str(world / "policy"), "world policy")
-    policy = AutoModelForCausalLM.from_pretrained(world / "policy")
+    policy = placement.put(AutoModelForCausalLM.from_pretrained(world / "policy"))
     gold = make_gold(params)
     family, method = variant_spec(variant)
     bundle = None
@@ -338,8 +342,9 @@ def train_rloo(
     else:  # the reward checkpoint of stage rm, read as any user reads it (`study.reward_fn`)
         rm_dir = require(Path(rm_root) / family / f"seed{seed}", f"stage rm@{family}-{seed}")
         bundle = load_bundle(
-            rm_dir, vectorize=params.reward.vectorize_ensemble(torch.cuda.is_available())
+            rm_dir, vectorize=params.reward.vectorize_ensemble(placement.device.type == "cuda")
         )
+        placement.put(bundle.model)
         if bundle.tokenizer.get_vocab() != tokenizer.get_vocab():
             raise ValueError(
                 f"RLOO: the reward model at {rm_dir} reads another vocabulary than the policy; "
@@ -353,10 +358,11 @@ def train_rloo(
     template, sampling = params.sources.prompt_template, params.sampling
 
     # 1. per-head normalisation on SFT samples, exactly as the PPO stage fits it
-    normaliser = fit_normaliser(
-        reward_fn, policy.eval(), tokenizer, rl, template, sampling, params.ppo.n_norm_samples,
-        _seed(params.run.seed, seed, SEED_NORMALISER), params.ppo.normalise,
-    )  # fmt: skip
+    with placement.autocast():
+        normaliser = fit_normaliser(
+            reward_fn, policy.eval(), tokenizer, rl, template, sampling, params.ppo.n_norm_samples,
+            _seed(params.run.seed, seed, SEED_NORMALISER), params.ppo.normalise,
+        )  # fmt: skip
 
     # 2. the reward TRL optimises, and the table that logs gold beside it
     total = cfg.steps * cfg.num_iterations  # optimiser steps
@@ -377,16 +383,18 @@ def train_rloo(
         )
         reward.on_call = lambda c: table.on_batch(table_call(c, tokenizer, template))
 
-    # 3. TRL's RLOO on CPU: one rollout of prompts_per_step x num_generations completions per
-    # num_iterations optimiser steps; Adam and the warm-up + cosine schedule of our PPO
+    # 3. TRL's RLOO on the placement's device and precision: one rollout of prompts_per_step x
+    # num_generations completions per num_iterations optimiser steps; Adam and the warm-up +
+    # cosine schedule of our PPO
     args = TRLRLOOConfig(
         output_dir=str(run_dir / "trl"),
         report_to=[],
         push_to_hub=False,
-        use_cpu=True,
-        bf16=False,
+        use_cpu=placement.device.type == "cpu",
+        bf16=placement.dtype == torch.bfloat16,
         fp16=False,
-        activation_checkpointing=False,  # TRL 1.16 turns it on by default (as gradient_checkpointing)
+        # TRL 1.16 turns it on by default (as gradient_checkpointing): the placement decides
+        activation_checkpointing=placement.gradient_checkpointing,
         seed=_seed(params.run.seed, seed, SEED_TRL) % 2**31,
         max_steps=total,
         per_device_train_batch_size=cfg.batch_size,

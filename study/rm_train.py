@@ -25,6 +25,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from study.config import Params, RewardConfig, with_override
+from study.device import CPU, Placement, on, resolve
 from study.hub import load_tokenizer
 from study.io import atomic_path, provenance, write_json, write_table
 from study.optim import length_grouped_batches, warmup_cosine
@@ -114,15 +115,21 @@ def bt_step(
     grad_clip: float,
     weight: torch.Tensor | None = None,
     step: int = 0,
+    placement: Placement = CPU,
 ) -> tuple[float, float, float]:
     """One optimiser step of the Bradley–Terry loss on the pairs `idx`: (loss, accuracy, grad norm).
 
-    The chosen and rejected sides go through the model in one forward pass, (2B, T) -> (K, 2B).
+    The chosen and rejected sides go through the model in one forward pass, (2B, T) -> (K, 2B),
+    where the model is and in `placement`'s precision; the loss is taken in float32.
     A non-finite loss raises before any weight moves.
     """
     seqs = [pairs.chosen[i] for i in idx] + [pairs.rejected[i] for i in idx]
-    ids, mask = right_pad(seqs, pad_id)
-    r_chosen, r_rejected = model.rewards(ids, mask).chunk(2, dim=1)  # (K, B) each
+    ids, mask = on(model, *right_pad(seqs, pad_id))
+    with placement.autocast():
+        rewards = model.rewards(ids, mask).float()
+    r_chosen, r_rejected = rewards.chunk(2, dim=1)  # (K, B) each
+    if weight is not None:
+        (weight,) = on(model, weight)
     loss = bt_loss(r_chosen, r_rejected, weight=weight)
     if not math.isfinite(loss.item()):
         raise FloatingPointError(f"reward-model training: loss is {loss.item()} at step {step}")
@@ -150,8 +157,9 @@ def train_reward_model(
     pad_id: int,
     progress: bool = True,
     max_steps: int | None = None,
+    placement: Placement = CPU,
 ) -> pd.DataFrame:
-    """Train every head of `model` with its own BT loss; returns the per-step history.
+    """Train every head of `model` (where it is) with its own BT loss; returns the per-step history.
 
     Each step scores the chosen and rejected sides of a batch of pairs in one forward pass,
     (2B, T) -> rewards (K, 2B), and minimises `bt_loss` weighted by the heads' resampling weights.
@@ -198,8 +206,9 @@ def train_reward_model(
             for group in opt.param_groups:
                 group["lr"] = lr * group["lr_mult"]
             loss, acc, grad_norm = bt_step(
-                model, opt, trainable, pairs, idx, pad_id, cfg.grad_clip, weights[:, idx], step
-            )
+                model, opt, trainable, pairs, idx, pad_id, cfg.grad_clip, weights[:, idx], step,
+                placement,
+            )  # fmt: skip
             rows.append(
                 {
                     "step": step,
@@ -235,8 +244,10 @@ def train_family(
     pad_id: int,
     progress: bool = True,
     max_steps: int | None = None,
+    placement: Placement = CPU,
 ) -> tuple[RewardModel, pd.DataFrame]:
-    """Build and train one reward model of `family` ('single', 'multihead' or 'ensemble').
+    """Build and train one reward model of `family` ('single', 'multihead' or 'ensemble') on
+    `placement` (weights initialised on the CPU, so the same on every device).
 
     Returns the model (its rewards are (K, B); K = 1 for 'single') and the training history with a
     `member` column (0 for the one-encoder families).
@@ -245,7 +256,7 @@ def train_family(
         raise ValueError(f"family: {family!r} is not one of {', '.join(FAMILIES)}")
     if cfg.uncertainty != "none":
         return _cheap_family(family, cfg, policy_dir, pairs, base_seed, seed, pad_id, progress,
-                             max_steps)  # fmt: skip
+                             max_steps, placement)  # fmt: skip
     epochs = cfg.epochs(family)
     n_members, k = {"single": (1, 1), "multihead": (1, cfg.k), "ensemble": (cfg.k, 1)}[family]
     members, histories = [], []
@@ -254,11 +265,15 @@ def train_family(
         model = build_reward_model(
             cfg.encoder, policy_dir, k, s, cfg.head_init_std, pad_id, cfg.head_init
         )
-        hist = train_reward_model(model, pairs, cfg, epochs, s, pad_id, progress, max_steps)
+        placement.put(model)
+        hist = train_reward_model(model, pairs, cfg, epochs, s, pad_id, progress, max_steps,
+                                  placement)  # fmt: skip
         histories.append(hist.assign(member=m))
         members.append(model)
     if family == "ensemble":
-        model = EnsembleRewardModel(members, cfg.vectorize_ensemble(torch.cuda.is_available()))
+        model = EnsembleRewardModel(
+            members, cfg.vectorize_ensemble(placement.device.type == "cuda")
+        )
     else:
         model = members[0]
     return model, pd.concat(histories, ignore_index=True)
@@ -274,6 +289,7 @@ def _cheap_family(
     pad_id: int,
     progress: bool,
     max_steps: int | None,
+    placement: Placement = CPU,
 ) -> tuple[RewardModel, pd.DataFrame]:
     """K reward functions from one trained model (`reward.uncertainty`, study.cheap_ensembles):
     a single-head model trained for `epochs_single` epochs, then its Laplace heads (a multi-head
@@ -282,16 +298,17 @@ def _cheap_family(
 
     if cfg.uncertainty == "lora":
         return lora_members(cfg, policy_dir, pairs, base_seed, seed, pad_id, rank=cfg.lora_rank,
-                            progress=progress, max_steps=max_steps)  # fmt: skip
+                            progress=progress, max_steps=max_steps, placement=placement)  # fmt: skip
     s = member_seed(base_seed, seed, 0)
     model = build_reward_model(cfg.encoder, policy_dir, 1, s, cfg.head_init_std, pad_id,
                                cfg.head_init)  # fmt: skip
+    placement.put(model)
     hist = train_reward_model(model, pairs, cfg, cfg.epochs("single"), s, pad_id, progress,
-                              max_steps).assign(member=0)  # fmt: skip
+                              max_steps, placement).assign(member=0)  # fmt: skip
     if cfg.uncertainty == "laplace":
         heads, _ = laplace_heads(model, pairs.chosen, pairs.rejected, pad_id, cfg.k,
                                  cfg.laplace_prior, s)  # fmt: skip
-        return heads, hist
+        return placement.put(heads), hist
     return dropout_members(model, cfg.k, cfg.dropout_rate, s), hist
 
 
@@ -351,6 +368,7 @@ def run_reward_stage(
     family, cfg = params.reward.arm(arm)
     params = dataclasses.replace(params, reward=cfg)
     torch.set_num_threads(params.run.threads)
+    placement = resolve(params.placement)
     tokenizer = reward_tokenizer(cfg, world_dir)
     _, train = load_pairs(params, world_dir, "train", tokenizer)
     val_df, val = load_pairs(params, world_dir, "val", tokenizer)
@@ -364,11 +382,14 @@ def run_reward_stage(
         seed,
         tokenizer.pad_token_id,
         progress,
+        placement=placement,
     )
+    placement.synchronize()
     train_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    r_chosen = score_ids(model, val.chosen, tokenizer.pad_token_id, cfg.eval_batch_size)
-    r_rejected = score_ids(model, val.rejected, tokenizer.pad_token_id, cfg.eval_batch_size)
+    with placement.autocast():
+        r_chosen = score_ids(model, val.chosen, tokenizer.pad_token_id, cfg.eval_batch_size)
+        r_rejected = score_ids(model, val.rejected, tokenizer.pad_token_id, cfg.eval_batch_size)
     score_seconds = time.perf_counter() - t0
     info = {
         "family": family,
@@ -414,6 +435,7 @@ def run_diversity_sweep(
     and the training time. Models are not kept.
     """
     torch.set_num_threads(params.run.threads)
+    placement = resolve(params.placement)
     rows = []
     for option in options:
         cfg = params.reward
@@ -435,10 +457,13 @@ def run_diversity_sweep(
                 seed,
                 tokenizer.pad_token_id,
                 progress,
+                placement=placement,
             )
+            placement.synchronize()
             seconds = time.perf_counter() - t0
-            r_c = score_ids(model, val.chosen, tokenizer.pad_token_id, cfg.eval_batch_size)
-            r_r = score_ids(model, val.rejected, tokenizer.pad_token_id, cfg.eval_batch_size)
+            with placement.autocast():
+                r_c = score_ids(model, val.chosen, tokenizer.pad_token_id, cfg.eval_batch_size)
+                r_r = score_ids(model, val.rejected, tokenizer.pad_token_id, cfg.eval_batch_size)
             acc = accuracy_table(r_c, r_r, val.flipped, uwo_lambda=cfg.uwo_lambda)
             heads = acc[acc["unit"] == "head"]
             agg = acc[acc["unit"] == "aggregate"].set_index("name")

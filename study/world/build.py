@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from study.config import Params
+from study.device import resolve
 from study.generation import format_queries, sample
 from study.hub import load_policy, load_table, load_tokenizer, make_gold
 from study.io import atomic_path, check_prompts, provenance, require, write_json, write_table
@@ -69,6 +70,7 @@ def _seed(params: Params, offset: int) -> int:
 def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Make every artifact of the world stage under `out_dir` (atomically); return the summary."""
     torch.set_num_threads(params.run.threads)
+    placement = resolve(params.placement)
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {"profile": params.profile}
     src = params.sources
@@ -122,9 +124,11 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
             train_t = (ids[~is_val], mask[~is_val], labels[~is_val])
             val_t = (ids[is_val], mask[is_val], labels[is_val])
             policy = build_policy(params.sft, tokenizer, seed=_seed(params, SEED_INIT))
+            placement.put(policy)  # initialised on the CPU: the same weights on every device
             history = train_sft(
-                policy, train_t, val_t, params.sft, seed=_seed(params, SEED_DATA), progress=progress
-            )
+                policy, train_t, val_t, params.sft, seed=_seed(params, SEED_DATA),
+                progress=progress, placement=placement,
+            )  # fmt: skip
             write_table(out / "corpus.parquet", corpus, prov)
             write_table(out / "sft_history.parquet", history, prov)
             summary["sft"] = {
@@ -134,7 +138,7 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
                 "final_val_loss": float(history["val_loss"].dropna().iloc[-1]),
             }
         else:
-            policy = load_policy(src.policy)
+            policy = placement.put(load_policy(src.policy))
         policy.eval()
         policy.save_pretrained(out / "policy")
         tokenizer.save_pretrained(out / "policy")
@@ -164,6 +168,7 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
                 params.sampling,
                 seed=_seed(params, SEED_PAIRS),
                 progress=progress,
+                placement=placement,
             )
             a, b = s.texts[0::2], s.texts[1::2]
             fa, fb = s.finished[0::2], s.finished[1::2]
@@ -232,6 +237,7 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
             params.sampling,
             seed=_seed(params, SEED_SAMPLES),
             progress=progress,
+            placement=placement,
         )
         samples = pd.DataFrame(
             {"prompt": report_prompts, "response": s.texts, "finished": s.finished}

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from study.config import SFTConfig
+from study.device import CPU, Placement, on
 from study.optim import length_grouped_batches, warmup_cosine
 
 IGNORE = -100
@@ -88,16 +89,18 @@ def eval_loss(
     mask: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int = 256,
+    placement: Placement = CPU,
 ) -> float:
-    """Mean token cross-entropy of the labelled tokens."""
+    """Mean token cross-entropy of the labelled tokens (the model where it is)."""
     model.eval()
     total, count = 0.0, 0
     for s in range(0, len(ids), batch_size):
         sl = slice(s, s + batch_size)
         n = int((labels[sl][:, 1:] != IGNORE).sum())
-        total += (
-            float(model(input_ids=ids[sl], attention_mask=mask[sl], labels=labels[sl]).loss) * n
-        )
+        b_ids, b_mask, b_labels = on(model, ids[sl], mask[sl], labels[sl])
+        with placement.autocast():
+            loss = model(input_ids=b_ids, attention_mask=b_mask, labels=b_labels).loss
+        total += float(loss) * n
         count += n
     model.train()
     return total / max(count, 1)
@@ -110,8 +113,10 @@ def train_sft(
     cfg: SFTConfig,
     seed: int,
     progress: bool = True,
+    placement: Placement = CPU,
 ) -> pd.DataFrame:
-    """AdamW with warm-up, cosine decay and gradient clipping; returns the loss history table."""
+    """AdamW with warm-up, cosine decay and gradient clipping; returns the loss history table.
+    The model trains where it is, forward passes in `placement`'s precision."""
     ids, mask, labels = train
     rng = np.random.default_rng(seed)
     lengths = mask.sum(1).numpy()
@@ -126,10 +131,13 @@ def train_sft(
         idx = torch.as_tensor(batches.pop())
         # trim the batch to its longest row: most sequences are far shorter than max_length
         width = int(lengths[idx].max())
-        b_ids, b_mask, b_labels = ids[idx, :width], mask[idx, :width], labels[idx, :width]
+        b_ids, b_mask, b_labels = on(
+            model, ids[idx, :width], mask[idx, :width], labels[idx, :width]
+        )
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        loss = model(input_ids=b_ids, attention_mask=b_mask, labels=b_labels).loss
+        with placement.autocast():
+            loss = model(input_ids=b_ids, attention_mask=b_mask, labels=b_labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -141,7 +149,7 @@ def train_sft(
             "lr": lr_at(step, cfg),
         }
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            row["val_loss"] = eval_loss(model, *val)
+            row["val_loss"] = eval_loss(model, *val, placement=placement)
             bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{row['val_loss']:.3f}")
         history.append(row)
     model.eval()
