@@ -20,7 +20,9 @@ class Stage:
     cores: int = 1
     exclusive: bool = False
     minutes: float = 1.0  # the scheduling estimate (`meta: {minutes: ...}`), not a measurement
-    gpus: int = 0  # GPUs the stage asks for (`meta: {gpus: n}`; the Ray engine honours it)
+    # GPUs the stage asks for (`meta: {gpus: n}`, else one for a model stage when placement.device
+    # is cuda); the Ray engine honours it
+    gpus: int = 0
     order: int = 0  # position in dvc.yaml, the tie-break
     cmd: str = ""  # the stage's shell command (its programs are checked before anything runs)
 
@@ -37,11 +39,29 @@ def _param(params: Any, dotted: str, stage: str) -> int:
     return node
 
 
+MODEL_CODE = "study/device.py"  # what every stage that runs a model depends on
+
+
+def model_gpus(placement: Any) -> int:
+    """GPUs a model stage asks for by default: one where `placement.device` is 'cuda' (or 'auto'
+    on a machine with CUDA); none on the CPU, and none for 'cuda:N', which names its GPU itself."""
+    device = getattr(placement, "device", "cpu")
+    if device == "cuda":
+        return 1
+    if device == "auto":
+        import torch
+
+        return int(torch.cuda.is_available())
+    return 0
+
+
 def load_stages(repo_root: Path, params: Any) -> tuple[dict[str, Stage], set[str]]:
     """(every pipeline stage, the stale ones) from DVC's own graph and status.
 
     The repository is opened, read and closed here, so no lock is held once scheduling starts."""
     from dvc.repo import Repo
+
+    default_gpus = model_gpus(getattr(params, "placement", None))
 
     repo = Repo(str(repo_root))
     try:
@@ -59,7 +79,8 @@ def load_stages(repo_root: Path, params: Any) -> tuple[dict[str, Stage], set[str
                 raise ValueError(
                     f"stage {s.addressing}: meta.minutes {minutes!r}, not a number > 0"
                 )
-            gpus = meta.get("gpus", 0)
+            runs_models = any(getattr(d, "def_path", None) == MODEL_CODE for d in s.deps)
+            gpus = meta.get("gpus", default_gpus if runs_models else 0)
             if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0:
                 raise ValueError(f"stage {s.addressing}: meta.gpus {gpus!r}, not a count >= 0")
             stages[s.addressing] = Stage(

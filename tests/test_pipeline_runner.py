@@ -339,6 +339,29 @@ def test_a_stage_asking_for_a_gpu_the_cluster_lacks_is_refused_before_anything_r
     assert not (root / "events").exists()  # nothing started
 
 
+def test_on_cuda_every_model_stage_asks_ray_for_a_gpu_unless_its_meta_says_otherwise(
+    tmp_path, monkeypatch
+):
+    """A model stage is one that depends on study/device.py (each model stage resolves its
+    placement there); under placement.device: cuda it asks for one GPU, the others for none."""
+    root = _project(
+        tmp_path,
+        _stage("model", ["study/device.py"])
+        + _stage("pinned", ["study/device.py"], extra="  meta: {gpus: 0}\n")
+        + _stage("table", []),
+    )
+    (root / "study").mkdir()
+    (root / "study" / "device.py").write_text("# a model stage's code\n")
+    monkeypatch.chdir(root)
+    wanted = {"cuda": 1, "cuda:1": 0, "cpu": 0}
+    for device, gpus in wanted.items():
+        params = SimpleNamespace(run=PARAMS.run, placement=SimpleNamespace(device=device))
+        stages, _ = load_stages(root, params)
+        got = {n: stages[n].gpus for n in ("model", "pinned", "table")}
+        assert got == {"model": gpus, "pinned": 0, "table": 0}, device
+    assert load_stages(root, PARAMS)[0]["model"].gpus == 0  # params without a placement
+
+
 def test_the_time_left_comes_from_earlier_runs_and_is_printed_as_stages_end(tmp_path, monkeypatch):
     from study.progress import Eta
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -343,7 +344,9 @@ def test_every_stage_reads_its_params_from_the_resolved_active_profile():
             assert isinstance(entry, dict) and list(entry) == [RESOLVED], (name, entry)
             assert "profile" in entry[RESOLVED], name
     resolved = yaml.safe_load((ROOT / RESOLVED).read_text())
-    assert resolved == yaml.safe_load(yaml.safe_dump(load_params(ROOT / "params.yaml").to_dict()))
+    p = load_params(ROOT / "params.yaml")
+    expected = {**p.to_dict(), "placement": dataclasses.asdict(p.placement)}
+    assert resolved == yaml.safe_load(yaml.safe_dump(expected))
 
 
 def test_an_edit_to_an_inactive_profile_leaves_the_resolved_params_byte_identical(tmp_path):

@@ -1,0 +1,92 @@
+"""tools/relock_code.py: a code-only change recorded in dvc.lock as `dvc commit -f` records it
+(byte for byte, on a toy project whose outputs are present), and nothing else recorded."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.conftest import ROOT
+
+STAGES = textwrap.dedent(
+    """\
+    stages:
+      a:
+        matrix:
+          seed: [0, 1]
+        cmd: cat in.txt > a${item.seed}.txt
+        deps: [in.txt, study/code.py, study/pkg]
+        params: [{params.resolved.yaml: [x]}]
+        outs: ["a${item.seed}.txt"]
+    """
+)
+
+
+def _run(root, *args, ok=True):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, *args], cwd=root, capture_output=True, text=True, env=env
+    )
+    if ok:
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done
+
+
+def _relock(root, *extra):
+    return _run(root, str(ROOT / "tools" / "relock_code.py"), "--root", str(root), *extra, ok=False)
+
+
+@pytest.fixture
+def project(tmp_path):
+    if shutil.which("git") is None:
+        pytest.skip("git is needed by dvc")
+    root = tmp_path / "p"
+    (root / "study" / "pkg").mkdir(parents=True)
+    _run(root, "-m", "dvc", "init", "--no-scm", "-q")
+    (root / "dvc.yaml").write_text(STAGES)
+    (root / "in.txt").write_text("one\n")
+    (root / "params.resolved.yaml").write_text("x: 1\n")
+    (root / "study" / "code.py").write_text("A = 1\n")
+    (root / "study" / "pkg" / "m.py").write_text("B = 2\n")
+    _run(root, "-m", "dvc", "repro", "-q")
+    return root
+
+
+@pytest.mark.processes
+def test_a_code_change_is_recorded_as_dvc_commit_records_it(project, tmp_path):
+    (project / "study" / "code.py").write_text("A = 1  # the same result\n")
+    (project / "study" / "pkg" / "m.py").write_text("B = 2  # the same result\n")
+    (project / "study" / "new.py").write_text("C = 3\n")
+    (project / "dvc.yaml").write_text(STAGES.replace("study/pkg]", "study/pkg, study/new.py]"))
+    reference = tmp_path / "reference"
+    shutil.copytree(project, reference)
+    _run(reference, "-m", "dvc", "commit", "-f", "-q")  # DVC itself, with the outputs here
+    done = _relock(project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 of 2 entries with new code hashes" in done.stdout
+    assert (project / "dvc.lock").read_text() == (reference / "dvc.lock").read_text()
+    assert "up to date" in _run(project, "-m", "dvc", "status").stdout
+    assert "0 of 2 entries" in _relock(project).stdout  # nothing left to record
+
+
+@pytest.mark.processes
+def test_params_or_a_command_that_changed_are_refused_and_data_stays_stale(project):
+    lock = (project / "dvc.lock").read_text()
+    (project / "params.resolved.yaml").write_text("x: 2\n")
+    (project / "study" / "code.py").write_text("A = 2\n")
+    done = _relock(project)
+    assert done.returncode == 1 and "refused: a@0: its params changed" in done.stdout
+    assert (project / "dvc.lock").read_text() == lock  # nothing written
+    (project / "params.resolved.yaml").write_text("x: 1\n")
+    (project / "dvc.yaml").write_text(STAGES.replace("cat in.txt", "cat  in.txt"))
+    assert "refused: a@1: its command changed" in _relock(project).stdout
+    (project / "dvc.yaml").write_text(STAGES)
+    (project / "in.txt").write_text("two\n")  # data, not code: still stale after a relock
+    assert _relock(project).returncode == 0
+    status = _run(project, "-m", "dvc", "status").stdout
+    assert "in.txt" in status and "study/code.py" not in status

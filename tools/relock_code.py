@@ -1,0 +1,131 @@
+"""Record in `dvc.lock` a change to the study's code that computes the same results.
+
+    python tools/relock_code.py --check   # what would change, and any refusal; writes nothing
+    python tools/relock_code.py           # rewrite the entries
+
+A stage's lock entry records the hash of each file it depends on and of each output it made. When
+a change to `study/` is shown to compute the same outputs (`benchmarks/same_numbers.py` runs both
+revisions on this machine and compares every weight file and table), rerunning the study's hours
+of stages would only write the same bytes again, and its models may not be on this machine at all.
+This tool rewrites each entry's code dependencies (the paths under `study/`) as DVC hashes them
+now, adds those `dvc.yaml` has come to declare and drops those it no longer declares. Everything
+else stays as recorded: the command, the params, the data dependencies and the outputs. Any other
+difference is refused: a changed command, changed param values, a new data dependency, or an
+output added or removed. The result is the entry `dvc commit` would write were the outputs here.
+Entries are written in place by DVC's own dumper (`study.lockfile.splice`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE = "study/"
+
+
+class Refused(RuntimeError):
+    """A lock entry this tool must not rewrite: the change is not to code alone."""
+
+
+def _code_dep(dep: Any) -> dict[str, Any]:
+    """A dependency's lock data as DVC's `to_single_stage_lockfile` writes it, hashed now."""
+    from dvc.output import _serialize_hi_to_dict, split_file_meta_from_cloud
+
+    dep.save()
+    out: dict[str, Any] = {"path": dep.def_path, "hash": "md5"}
+    out.update(_serialize_hi_to_dict(dep.hash_info))
+    meta = dep.meta.to_dict()
+    meta.pop("isdir", None)
+    out.update(split_file_meta_from_cloud(meta))
+    return out
+
+
+def relocked(name: str, stage: Any, old: dict[str, Any]) -> dict[str, Any]:
+    """`old` (the lock data of `stage`) with its code dependencies hashed now; `Refused` where
+    anything else differs from what `dvc.yaml` and the params declare."""
+    from dvc.dependency import ParamsDependency
+    from dvc.stage.serialize import _serialize_params_values
+
+    if stage.cmd != old.get("cmd"):
+        raise Refused(f"{name}: its command changed; rerun it (dvc repro {name})")
+    params = [d for d in stage.deps if isinstance(d, ParamsDependency)]
+    for p in params:
+        p.save()
+    if _serialize_params_values(params) != old.get("params", {}):
+        raise Refused(f"{name}: its params changed; rerun it (dvc repro {name})")
+    if sorted(o.def_path for o in stage.outs) != sorted(o["path"] for o in old.get("outs", [])):
+        raise Refused(f"{name}: its outputs changed; rerun it (dvc repro {name})")
+    recorded = {d["path"]: d for d in old.get("deps", [])}
+    deps = []
+    for dep in sorted((d for d in stage.deps if d not in params), key=lambda d: d.def_path):
+        if dep.def_path.startswith(CODE):
+            deps.append(_code_dep(dep))
+        elif dep.def_path in recorded:
+            deps.append(recorded[dep.def_path])
+        else:
+            raise Refused(
+                f"{name}: a new data dependency {dep.def_path}; rerun it (dvc repro {name})"
+            )
+    dropped = [p for p in recorded if p not in {d["path"] for d in deps}]
+    if any(not p.startswith(CODE) for p in dropped):
+        raise Refused(f"{name}: data dependencies dropped ({dropped}); rerun it (dvc repro {name})")
+    new = dict(old)
+    if deps or "deps" in old:
+        new["deps"] = deps
+    return {k: new[k] for k in ("cmd", "deps", "params", "outs") if k in new}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="report only; write nothing")
+    ap.add_argument("--root", type=Path, default=ROOT, help="the DVC project (default: this one)")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from dvc.repo import Repo
+    from dvc.utils.serialize import parse_yaml
+
+    from study.lockfile import splice
+
+    lock_path = args.root / "dvc.lock"
+    text = lock_path.read_text(encoding="utf-8")
+    lock = parse_yaml(text, str(lock_path))["stages"]
+    repo = Repo(str(args.root))
+    entries, refused = {}, []
+    for stage in repo.index.stages:
+        name = stage.addressing
+        if name not in lock:
+            continue
+        try:
+            new = relocked(name, stage, lock[name])
+        except Refused as e:
+            refused.append(str(e))
+            continue
+        if new != lock[name]:
+            entries[name] = new
+    for line in refused:
+        print(f"refused: {line}")
+    changed = sorted({d["path"] for n in entries for d in entries[n]["deps"]} -
+                     {d["path"] for n in entries for d in lock[n].get("deps", [])
+                      if d in entries[n]["deps"]})  # fmt: skip
+    print(
+        f"{len(entries)} of {len(lock)} entries with new code hashes: {', '.join(changed) or '-'}"
+    )
+    if refused:
+        return 1
+    if args.check or not entries:
+        return 0
+    result = splice(text, entries)
+    if result is None:
+        raise SystemExit(f"{lock_path}: not laid out as DVC writes it; nothing written")
+    tmp = lock_path.with_name(f".{lock_path.name}.tmp")
+    tmp.write_text(result[0], encoding="utf-8")
+    tmp.replace(lock_path)
+    print(f"{lock_path.name}: {len(entries)} entries rewritten")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
