@@ -64,7 +64,9 @@ def score_bon_samples(
         )
     held_out = held_out[: cfg.n_prompts]
     tokenizer = load_tokenizer(str(world / "policy"), "world policy")
-    policy = AutoModelForCausalLM.from_pretrained(require(world / "policy", "the world stage"))
+    policy = AutoModelForCausalLM.from_pretrained(
+        require(world / "policy", "the world stage"), **placement.policy_kwargs()
+    )
     placement.put(policy)
     repeated = [p for p in held_out for _ in range(cfg.n_samples)]  # prompt-major, (P * N,)
     t0 = time.perf_counter()

@@ -36,6 +36,14 @@ class Placement:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
+    def policy_kwargs(self) -> dict[str, str]:
+        """`from_pretrained` arguments for a policy that reads left-padded batches: eager attention
+        in reduced precision. With bfloat16 autocast on CUDA, PyTorch's fused attention gives NaN
+        gradients from the padding rows that see no key (the default world's PPO: a NaN gradient
+        norm at step 29; 60 finite steps with eager attention, benchmarks/gpu_stages.py and
+        docs/scaling.md); float32 keeps the model's default."""
+        return {} if self.dtype == torch.float32 else {"attn_implementation": "eager"}
+
     def put(self, model: nn.Module) -> nn.Module:
         """`model` on this device (in place, as `nn.Module.to` does); its weights keep their dtype."""
         return model.to(self.device)

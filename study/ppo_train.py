@@ -402,7 +402,9 @@ def ppo_update(
             )
             (pg_loss + vf_coef * vf_loss + ent_coef * entropy_loss).backward()
             for group in clip_groups:
-                torch.nn.utils.clip_grad_norm_(group, grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(group, grad_clip)
+                if not torch.isfinite(norm):  # clipping would write the NaN into every weight
+                    raise FloatingPointError(f"PPO: the gradient norm is {norm.item()}")
             optimizer.step()
             with torch.no_grad():
                 approx_kl = masked_mean(0.5 * (new.logprobs - ro.logprobs[idx]) ** 2, mask)
@@ -620,8 +622,9 @@ def train_ppo(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(str(world / "policy"), "world policy")
-    policy = AutoModelForCausalLM.from_pretrained(world / "policy")
-    ref = AutoModelForCausalLM.from_pretrained(world / "policy").eval().requires_grad_(False)
+    policy = AutoModelForCausalLM.from_pretrained(world / "policy", **placement.policy_kwargs())
+    ref = AutoModelForCausalLM.from_pretrained(world / "policy", **placement.policy_kwargs())
+    ref = ref.eval().requires_grad_(False)
     ac = placement.put(ActorCritic(policy, cfg.value_model).eval())
     placement.put(ref)
     if placement.gradient_checkpointing:

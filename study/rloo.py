@@ -333,7 +333,8 @@ def train_rloo(
     world, run_dir = Path(world_dir), Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(str(world / "policy"), "world policy")
-    policy = placement.put(AutoModelForCausalLM.from_pretrained(world / "policy"))
+    policy = AutoModelForCausalLM.from_pretrained(world / "policy", **placement.policy_kwargs())
+    placement.put(policy)
     gold = make_gold(params)
     family, method = variant_spec(variant)
     bundle = None

@@ -136,6 +136,10 @@ def bt_step(
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+    if not torch.isfinite(grad_norm):  # clipping would write the NaN into every weight
+        raise FloatingPointError(
+            f"reward-model training: the gradient norm is {grad_norm.item()} at step {step}"
+        )
     opt.step()
     with torch.no_grad():
         acc = (r_chosen > r_rejected).float().mean().item()

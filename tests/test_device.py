@@ -230,6 +230,22 @@ def test_bfloat16_ppo_and_best_of_n_run_on_the_cpu(worlds, tmp_path):
     assert len(scores) == len(samples) and np.isfinite(scores.filter(like="head").to_numpy()).all()
 
 
+def test_a_policy_in_reduced_precision_attends_eagerly(worlds, tmp_path):
+    """bfloat16 PPO on CUDA had NaN gradients from fused attention over left padding: a policy in
+    reduced precision is loaded with eager attention, one in float32 as transformers chooses."""
+    from study.ppo_train import train_ppo
+
+    assert Placement(torch.device("cpu"), torch.bfloat16).policy_kwargs() == {
+        "attn_implementation": "eager"
+    }
+    assert CPU.policy_kwargs() == {}
+    root, base, bf16 = worlds
+    for p, expected in ((bf16, "eager"), (base, "sdpa")):
+        result = train_ppo(p, "multihead_min", 0, root / "f32" / "world", root / "rm",
+                           tmp_path / expected, progress=False, stop_after=1)  # fmt: skip
+        assert result.policy.config._attn_implementation == expected
+
+
 @pytest.mark.slow
 def test_activation_checkpointing_gives_the_same_ppo_run(worlds, tmp_path):
     from study.ppo_train import run_ppo_stage

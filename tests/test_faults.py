@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -143,6 +144,46 @@ def test_a_nan_in_the_held_out_evaluation_stops_the_run(world, tmp_path, monkeyp
     monkeypatch.setattr(pt, "evaluate_policy", nan_at_second)
     with pytest.raises(FloatingPointError, match=r"held-out evaluation at step 2: gold = nan"):
         _train(world, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_nan_gradient_stops_ppo_before_any_weight_moves(world, tmp_path, monkeypatch):
+    """Clipping a NaN gradient norm would write NaN into every weight (bfloat16 attention on CUDA
+    did so); the step stops first, and the checkpoint of the last good step is kept."""
+    import study.ppo_train as pt
+
+    real = torch.nn.utils.clip_grad_norm_
+
+    def nan_once_a_checkpoint_is_saved(params, max_norm):
+        norm = real(params, max_norm)
+        return torch.tensor(float("nan")) if (tmp_path / "checkpoint.pt").exists() else norm
+
+    monkeypatch.setattr(pt.torch.nn.utils, "clip_grad_norm_", nan_once_a_checkpoint_is_saved)
+    with pytest.raises(FloatingPointError, match=r"PPO step \d: PPO: the gradient norm is nan"):
+        _train(world, tmp_path)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["actor_critic"].values())
+
+
+def test_a_nan_gradient_stops_reward_model_training_before_the_step(monkeypatch, tokenizer):
+    from transformers import GPT2Config
+
+    import study.rm_train as rt
+    from study.modeling_reward import MultiHeadRewardModel, RewardModelConfig
+
+    enc = GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    model = MultiHeadRewardModel(
+        RewardModelConfig(encoder=enc.to_dict(), num_labels=2, pad_token_id=0)
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pairs = rt.EncodedPairs(chosen=[[1, 2, 3]], rejected=[[1, 2]], flipped=np.zeros(1, bool))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    monkeypatch.setattr(rt.torch.nn.utils, "clip_grad_norm_", lambda *a: torch.tensor(float("inf")))
+    with pytest.raises(
+        FloatingPointError, match="reward-model training: the gradient norm is inf at step 7"
+    ):
+        rt.bt_step(model, opt, list(model.parameters()), pairs, [0], 0, 1.0, step=7)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 @pytest.mark.slow
