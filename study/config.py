@@ -912,7 +912,10 @@ def _section(cls: type, body: Any, where: str, base: Any = None) -> Any:
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in body if k not in known]
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(known)})")
+        hint = ""
+        if cls is RunConfig and unknown[0] in {f.name for f in dataclasses.fields(PlacementConfig)}:
+            hint = f"; where models run is its own section: placement.{unknown[0]}"
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(known)}){hint}")
     hints = typing.get_type_hints(cls)
     values = {k: _yaml_value(v, hints[k]) for k, v in body.items()}
     try:

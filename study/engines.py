@@ -190,8 +190,9 @@ def _demand(stage: Stage, nodes: list[dict[str, float]]) -> int:
     if not fit or max(fit) < 1:
         have = max((int(r.get("GPU", 0)) for r in nodes), default=0)
         raise ValueError(
-            f"stage {stage.name} asks for {stage.gpus} GPU(s) (meta.gpus); no node of the "
-            f"Ray cluster has {'any' if have == 0 else 'that many'} (the most on one node: {have})"
+            f"stage {stage.name} asks for {stage.gpus} GPU(s) (meta.gpus, or placement.device: "
+            f"cuda for a model stage); no node of the Ray cluster has "
+            f"{'any' if have == 0 else 'that many'} (the most on one node: {have})"
         )
     return max(fit) if stage.exclusive else min(stage.cores, max(fit))
 

@@ -39,6 +39,12 @@ def test_a_misspelt_placement_is_refused_naming_the_key(placement, message):
         _with_placement(**placement)
 
 
+def test_a_device_written_in_the_run_section_points_to_placement():
+    with pytest.raises(ConfigError, match=r"smoke\.run\.device: unknown key .*; where models run is "
+                       r"its own section: placement\.device"):  # fmt: skip
+        params_from_dict({"profile": "smoke", "smoke": {"run": {"device": "cuda"}}})
+
+
 def test_the_default_placement_is_the_cpu_in_float32():
     p = load_params(ROOT / "params.yaml")
     assert p.placement == PlacementConfig()

@@ -334,7 +334,9 @@ def test_a_stage_asking_for_a_gpu_the_cluster_lacks_is_refused_before_anything_r
     monkeypatch.chdir(root)
     stages, stale = load_stages(root, PARAMS)
     assert stages["gpu"].gpus == 1
-    with pytest.raises(ValueError, match=r"stage gpu asks for 1 GPU\(s\) \(meta.gpus\)"):
+    with pytest.raises(
+        ValueError, match=r"stage gpu asks for 1 GPU\(s\) \(meta.gpus, or placement.device: cuda"
+    ):
         execute_ray(stages, plan(stages, stale), 2, dvc=DVC, log_dir=root / "logs")
     assert not (root / "events").exists()  # nothing started
 
