@@ -90,3 +90,19 @@ def test_params_or_a_command_that_changed_are_refused_and_data_stays_stale(proje
     assert _relock(project).returncode == 0
     status = _run(project, "-m", "dvc", "status").stdout
     assert "in.txt" in status and "study/code.py" not in status
+
+
+@pytest.mark.processes
+def test_check_dvc_yaml_passes_a_rewrite_of_the_text_and_names_a_changed_stage(tmp_path):
+    """tools/check_dvc_yaml.py: the committed dvc.yaml and the same pipeline written out by PyYAML
+    (block lists, no anchors, no comments) are the same stages; one dependency renamed is not."""
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from check_dvc_yaml import main
+
+    text = (ROOT / "dvc.yaml").read_text()
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(yaml.safe_load(text), sort_keys=False))
+    assert main([str(ROOT / "dvc.yaml"), str(tmp_path / "plain.yaml")]) == 0
+    (tmp_path / "changed.yaml").write_text(text.replace("study/io.py", "study/io2.py", 1))
+    assert main([str(ROOT / "dvc.yaml"), str(tmp_path / "changed.yaml")]) == 1
