@@ -99,7 +99,7 @@ def main() -> int:
             {
                 f.relative_to(out)
                 for f in out.rglob("*")
-                if f.suffix in (".safetensors", ".parquet") and "ck" not in f.parts
+                if f.suffix in (".safetensors", ".parquet")  # RLOO's policy under ck/ too
             }
             for out in outs
         ]

@@ -58,7 +58,7 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback
 
 from study.aggregate import aggregate
-from study.config import Params, RLOOConfig
+from study.config import ConfigError, Params, RLOOConfig
 from study.device import resolve
 from study.generation import format_queries, left_pad
 from study.hf import RewardCallInfo, RewardFunction, load_bundle
@@ -328,8 +328,14 @@ def train_rloo(
         cfg = dataclasses.replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps - 1))
     torch.set_num_threads(params.run.threads)
     placement = resolve(params.placement)
-    if placement.device.type == "cuda":  # TRL (Accelerate) trains on the current CUDA device
-        torch.cuda.set_device(placement.device)
+    if placement.device.type == "cuda" and (
+        torch.cuda.device_count() != 1 or placement.device.index not in (None, 0)
+    ):  # TRL trains on cuda:0 and refuses several visible GPUs, whatever the placement says
+        raise ConfigError(
+            f"placement.device: {str(placement.device)!r}, but RLOO (TRL) runs on the one CUDA "
+            f"device it sees and this process sees {torch.cuda.device_count()}: show it one "
+            "(CUDA_VISIBLE_DEVICES=<index>, as Ray does for a stage) and use placement.device: cuda"
+        )
     world, run_dir = Path(world_dir), Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(str(world / "policy"), "world policy")
@@ -359,11 +365,11 @@ def train_rloo(
     template, sampling = params.sources.prompt_template, params.sampling
 
     # 1. per-head normalisation on SFT samples, exactly as the PPO stage fits it
-    with placement.autocast():
-        normaliser = fit_normaliser(
-            reward_fn, policy.eval(), tokenizer, rl, template, sampling, params.ppo.n_norm_samples,
-            _seed(params.run.seed, seed, SEED_NORMALISER), params.ppo.normalise,
-        )  # fmt: skip
+    # outside autocast: TRL scores the rewards it normalises in float32
+    normaliser = fit_normaliser(
+        reward_fn, policy.eval(), tokenizer, rl, template, sampling, params.ppo.n_norm_samples,
+        _seed(params.run.seed, seed, SEED_NORMALISER), params.ppo.normalise,
+    )  # fmt: skip
 
     # 2. the reward TRL optimises, and the table that logs gold beside it
     total = cfg.steps * cfg.num_iterations  # optimiser steps

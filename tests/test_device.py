@@ -236,6 +236,7 @@ def test_bfloat16_ppo_and_best_of_n_run_on_the_cpu(worlds, tmp_path):
     assert len(scores) == len(samples) and np.isfinite(scores.filter(like="head").to_numpy()).all()
 
 
+@pytest.mark.slow
 def test_a_policy_in_reduced_precision_attends_eagerly(worlds, tmp_path):
     """bfloat16 PPO on CUDA had NaN gradients from fused attention over left padding: a policy in
     reduced precision is loaded with eager attention, one in float32 as transformers chooses."""
@@ -266,3 +267,9 @@ def test_activation_checkpointing_gives_the_same_ppo_run(worlds, tmp_path):
         logs.append(pd.read_parquet(out / "res" / "log.parquet"))
     cols = ["kl", "proxy", "gold", "pg_loss", "vf_loss", "entropy"]
     np.testing.assert_allclose(logs[0][cols].to_numpy(), logs[1][cols].to_numpy(), rtol=1e-5)
+    from study.ppo_train import train_ppo
+
+    for p, on_ in ((ckpt, True), (base, False)):  # and the switch reached the policy
+        result = train_ppo(p, "multihead_min", 0, root / "f32" / "world", root / "rm",
+                           tmp_path / f"flag{on_}", progress=False, stop_after=1)  # fmt: skip
+        assert result.policy.is_gradient_checkpointing is on_

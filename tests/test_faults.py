@@ -148,19 +148,31 @@ def test_a_nan_in_the_held_out_evaluation_stops_the_run(world, tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_a_nan_gradient_stops_ppo_before_any_weight_moves(world, tmp_path, monkeypatch):
-    """Clipping a NaN gradient norm would write NaN into every weight (bfloat16 attention on CUDA
-    did so); the step stops first, and the checkpoint of the last good step is kept."""
+    """Clipping a NaN gradient norm writes NaN into every weight (bfloat16 attention on CUDA did
+    so): the step stops before the optimiser moves a weight, and the last good checkpoint stays."""
     import study.ppo_train as pt
 
-    real = torch.nn.utils.clip_grad_norm_
+    real, models = torch.nn.utils.clip_grad_norm_, []
+
+    class Recorded(pt.ActorCritic):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            models.append(self)
 
     def nan_once_a_checkpoint_is_saved(params, max_norm):
-        norm = real(params, max_norm)
-        return torch.tensor(float("nan")) if (tmp_path / "checkpoint.pt").exists() else norm
+        if not (tmp_path / "checkpoint.pt").exists():
+            return real(params, max_norm)
+        params = list(params)
+        for p in params:  # what a NaN gradient does: clipping spreads it to every weight
+            if p.grad is not None:
+                p.grad.fill_(float("nan"))
+        return real(params, max_norm)
 
+    monkeypatch.setattr(pt, "ActorCritic", Recorded)
     monkeypatch.setattr(pt.torch.nn.utils, "clip_grad_norm_", nan_once_a_checkpoint_is_saved)
     with pytest.raises(FloatingPointError, match=r"PPO step \d: PPO: the gradient norm is nan"):
         _train(world, tmp_path)
+    assert all(torch.isfinite(p).all() for p in models[0].parameters())  # no step was taken
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["actor_critic"].values())
 

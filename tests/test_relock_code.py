@@ -106,3 +106,28 @@ def test_check_dvc_yaml_passes_a_rewrite_of_the_text_and_names_a_changed_stage(t
     assert main([str(ROOT / "dvc.yaml"), str(tmp_path / "plain.yaml")]) == 0
     (tmp_path / "changed.yaml").write_text(text.replace("study/io.py", "study/io2.py", 1))
     assert main([str(ROOT / "dvc.yaml"), str(tmp_path / "changed.yaml")]) == 1
+
+
+def test_a_default_changed_in_the_code_is_refused(tmp_path):
+    """A default of study/config.py is a param, not code: if params.resolved.yaml is not what the
+    code resolves now, relocking would keep results made with the old value."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from relock_code import _stale_resolved_params
+
+    from study.config import write_resolved
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    resolved = write_resolved(tmp_path / "params.yaml", tmp_path / "params.resolved.yaml")
+    assert _stale_resolved_params(tmp_path) is None
+    old = resolved.read_text()
+    resolved.write_text(old.replace("equivalence_margin: 0.2", "equivalence_margin: 0.3"))
+    assert resolved.read_text() != old
+    assert "not what params.yaml and study/config.py resolve to" in _stale_resolved_params(tmp_path)
+
+
+def test_the_lock_records_the_code_of_this_tree():
+    """Every dvc.lock entry's study/ hashes are this tree's: the committed results are recorded as
+    made by the committed code (rerun, or relocked after a change shown not to move a number)."""
+    done = _relock(ROOT, "--check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " 0 of " in done.stdout and "entries with new code hashes" in done.stdout, done.stdout

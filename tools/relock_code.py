@@ -10,9 +10,10 @@ of stages would only write the same bytes again, and its models may not be on th
 This tool rewrites each entry's code dependencies (the paths under `study/`) as DVC hashes them
 now, adds those `dvc.yaml` has come to declare and drops those it no longer declares. Everything
 else stays as recorded: the command, the params, the data dependencies and the outputs. Any other
-difference is refused: a changed command, changed param values, a new data dependency, or an
-output added or removed. The result is the entry `dvc commit` would write were the outputs here.
-Entries are written in place by DVC's own dumper (`study.lockfile.splice`).
+difference is refused: a changed command, changed param values (a default changed in
+`study/config.py` included: `params.resolved.yaml` must be what the code resolves now), a new data
+dependency, or an output added or removed. The result is the entry `dvc commit` would write were
+the outputs here. Entries are written in place by DVC's own dumper (`study.lockfile.splice`).
 """
 
 from __future__ import annotations
@@ -78,6 +79,29 @@ def relocked(name: str, stage: Any, old: dict[str, Any]) -> dict[str, Any]:
     return {k: new[k] for k in ("cmd", "deps", "params", "outs") if k in new}
 
 
+def _stale_resolved_params(root: Path) -> str | None:
+    """Why `params.resolved.yaml` is not what `params.yaml` and the declared defaults of
+    `study/config.py` resolve to now (a default changed with the code), or None. The stages read
+    their params from that file, so a stale one would let a changed default pass as code."""
+    import tempfile
+
+    import yaml
+
+    from study.config import write_resolved
+
+    if not (root / "params.yaml").exists() or not (root / "params.resolved.yaml").exists():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = write_resolved(root / "params.yaml", Path(tmp) / "params.resolved.yaml")
+        if yaml.safe_load(fresh.read_text()) == yaml.safe_load(
+            (root / "params.resolved.yaml").read_text()
+        ):
+            return None
+    return ("params.resolved.yaml is not what params.yaml and study/config.py resolve to now (a "
+            "changed default?); rerun its stage (dvc repro resolve_params) and the stages it "
+            "changes")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="report only; write nothing")
@@ -89,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from study.lockfile import splice
 
+    stale = _stale_resolved_params(args.root)
+    if stale:
+        print(f"refused: {stale}")
+        return 1
     lock_path = args.root / "dvc.lock"
     text = lock_path.read_text(encoding="utf-8")
     lock = parse_yaml(text, str(lock_path))["stages"]

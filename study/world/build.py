@@ -138,7 +138,7 @@ def build_world(params: Params, out_dir: str | Path, progress: bool = True) -> d
                 "final_val_loss": float(history["val_loss"].dropna().iloc[-1]),
             }
         else:
-            policy = placement.put(load_policy(src.policy))
+            policy = placement.put(load_policy(src.policy, dtype=torch.float32))  # weights fp32
         policy.eval()
         policy.save_pretrained(out / "policy")
         tokenizer.save_pretrained(out / "policy")
