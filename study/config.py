@@ -794,6 +794,11 @@ class PlacementConfig:
     gradient_checkpointing: bool = _f(
         False, "Recompute the policy's activations in PPO's backward pass instead of keeping them."
     )
+    processes: int = _f(
+        1,
+        "Data-parallel processes of each reward-model and PPO stage (study.data_parallel: one "
+        "per GPU on CUDA); the same result as one process up to rounding.",
+    )
 
     def __post_init__(self) -> None:
         base, colon, index = self.device.partition(":")
@@ -807,6 +812,7 @@ class PlacementConfig:
             "placement.dtype",
             f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}",
         )
+        _check(self.processes >= 1, "placement.processes", f"must be >= 1, got {self.processes}")
 
     @property
     def is_default(self) -> bool:

@@ -32,6 +32,7 @@ import torch.nn as nn
 from tqdm import tqdm
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from study import data_parallel
 from study.aggregate import aggregate, head_correlation
 from study.config import Params, SamplingConfig
 from study.device import CPU, Placement, checkpoint_activations, on, resolve
@@ -363,6 +364,11 @@ def ppo_update(
     over response tokens), one backward through the actor-critic, each clip group's gradient norm
     clipped to `grad_clip`, one optimiser step.
     """
+    shard = data_parallel.current()
+    if shard is not None:
+        return _ppo_update_shard(shard, ac, optimizer, ro, ppo_epochs, minibatches, cliprange,
+                                 cliprange_value, vf_coef, grad_clip, whiten_advantages,
+                                 temperature, generator, ent_coef, placement)  # fmt: skip
     b = ro.response_ids.shape[0]
     size = b // minibatches
     stats: dict[str, list[torch.Tensor]] = {
@@ -412,6 +418,74 @@ def ppo_update(
                          ("pg_clipfrac", pg_clipfrac),
                          ("vf_clipfrac", vf_clipfrac), ("approx_kl", approx_kl)):  # fmt: skip
                 stats[k].append(v.detach())
+    ac.eval()
+    return {k: torch.stack(v).mean().item() for k, v in stats.items()}
+
+
+def _ppo_update_shard(
+    shard: data_parallel.Shard, ac: ActorCritic, optimizer: torch.optim.Optimizer, ro: Rollout,
+    ppo_epochs: int, minibatches: int, cliprange: float, cliprange_value: float, vf_coef: float,
+    grad_clip: float, whiten_advantages: bool, temperature: float, generator: torch.Generator,
+    ent_coef: float, placement: Placement,
+) -> dict[str, float]:  # fmt: skip
+    """`ppo_update` as one of several data-parallel processes, each holding the whole rollout:
+    the minibatches are drawn as one process draws them, each process runs the forward and
+    backward passes of its share of a minibatch's rows, every masked mean taken over the whole
+    minibatch's tokens (so the shares sum to the minibatch's loss), advantages whitened over the
+    whole minibatch, and the gradients summed over the processes before clipping."""
+    b = ro.response_ids.shape[0]
+    size = b // minibatches
+    names = ("pg_loss", "vf_loss", "entropy_loss", "pg_clipfrac", "vf_clipfrac", "approx_kl")
+    stats: dict[str, list[torch.Tensor]] = {k: [] for k in names}
+    clip_groups = ac.clip_groups()
+    params = [p for group in clip_groups for p in group]
+    ac.train()
+    for _ in range(ppo_epochs):
+        order = torch.randperm(b, generator=generator)
+        for m in range(minibatches):
+            idx = order[m * size : (m + 1) * size]
+            full_mask = ro.response_mask[idx].float()
+            adv = ro.advantages[idx]
+            if whiten_advantages:
+                adv = whiten(adv, full_mask)
+            mine = torch.as_tensor(shard.rows(len(idx)))
+            rows, mask, adv = idx[mine], full_mask[mine], adv[mine]
+            frac = mask.sum() / full_mask.sum().clamp_min(1.0)  # this share of the tokens
+            with placement.autocast():
+                new = ac(
+                    ro.query_ids[rows], ro.query_mask[rows], ro.response_ids[rows],
+                    ro.response_mask[rows], temperature, with_entropy=ent_coef > 0,
+                )  # fmt: skip
+            new = new.float()
+            pg_loss, pg_clipfrac = ppo_policy_loss(
+                new.logprobs, ro.logprobs[rows], adv, mask, cliprange
+            )
+            vf_loss, vf_clipfrac = value_loss(
+                new.values, ro.values[rows], ro.returns[rows], mask, cliprange_value
+            )
+            entropy_loss = (
+                -masked_mean(new.entropy, mask)
+                if new.entropy is not None
+                else torch.zeros((), device=mask.device)
+            )
+            optimizer.zero_grad(set_to_none=True)
+            (frac * (pg_loss + vf_coef * vf_loss + ent_coef * entropy_loss)).backward()
+            with torch.no_grad():
+                approx_kl = masked_mean(0.5 * (new.logprobs - ro.logprobs[rows]) ** 2, mask)
+            parts = dict(zip(names, (pg_loss, vf_loss, entropy_loss, pg_clipfrac, vf_clipfrac,
+                                     approx_kl), strict=True))  # fmt: skip
+            totals = {k: shard.total(frac * v.detach()) for k, v in parts.items()}
+            for name in ("pg_loss", "vf_loss"):
+                if not torch.isfinite(totals[name]):
+                    raise FloatingPointError(f"PPO: {name} is {totals[name].item()}")
+            shard.all_reduce_grads(params)
+            for group in clip_groups:
+                norm = torch.nn.utils.clip_grad_norm_(group, grad_clip)
+                if not torch.isfinite(norm):  # clipping would write the NaN into every weight
+                    raise FloatingPointError(f"PPO: the gradient norm is {norm.item()}")
+            optimizer.step()
+            for k, v in totals.items():
+                stats[k].append(v)
     ac.eval()
     return {k: torch.stack(v).mean().item() for k, v in stats.items()}
 
@@ -731,6 +805,8 @@ def train_ppo(
                     ac, ref, timer, normaliser, samples, batch, method,
                     params.reward.uwo_lambda, beta, cfg.gamma, cfg.lam, sampling.temperature,
                 )  # fmt: skip
+            if data_parallel.current() is not None:  # every process must hold the same rollout
+                data_parallel.current().agree(rollout_checksum(ro), f"the rollout of step {step}")
             # 7. PPO epochs
             stats = ppo_update(
                 ac, optimizer, ro, cfg.ppo_epochs, cfg.minibatches, cfg.cliprange,
@@ -774,6 +850,14 @@ def train_ppo(
     )
 
 
+def rollout_checksum(ro: Rollout) -> float:
+    """A number that differs between two rollouts that differ in their tokens or rewards."""
+    positions = torch.arange(1, ro.response_ids.shape[1] + 1, device=ro.response_ids.device)
+    tokens = (ro.response_ids * positions).sum(1).double().cpu()
+    rows = torch.arange(1, len(tokens) + 1, dtype=torch.float64)
+    return float((tokens * rows).sum() + (ro.scores.double().cpu() * rows).sum())
+
+
 class _Timer:
     """A reward function that records the seconds spent in it (the scoring share of a step)."""
 
@@ -806,6 +890,14 @@ def run_ppo_stage(
     checkpoint under `checkpoint_dir` lets a killed run resume; it is removed once all is written.
     """
     variant_spec(variant)  # a bad variant fails before any model is loaded
+    if data_parallel.should_launch(params):
+        rows = params.ppo.batch_size // params.ppo.minibatches
+        data_parallel.check(params, rows, "a PPO minibatch (ppo.batch_size / ppo.minibatches)")
+        resolve(params.placement)  # a device this machine lacks stops here, not in N processes
+        data_parallel.launch("ppo", params, variant=variant, seed=seed, world_dir=world_dir,
+                             rm_root=rm_root, results_dir=results_dir, policy_dir=policy_dir,
+                             checkpoint_dir=checkpoint_dir)  # fmt: skip
+        return json.loads((Path(results_dir) / "train.json").read_text())
     t0 = time.perf_counter()
     result = train_ppo(params, variant, seed, world_dir, rm_root, checkpoint_dir, progress)
     log = result.log

@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from study import data_parallel
 from study.config import Params, RewardConfig, with_override
 from study.device import CPU, Placement, on, resolve
 from study.hub import load_tokenizer
@@ -123,6 +124,10 @@ def bt_step(
     where the model is and in `placement`'s precision; the loss is taken in float32.
     A non-finite loss raises before any weight moves.
     """
+    shard = data_parallel.current()
+    if shard is not None:
+        return _bt_step_shard(shard, model, opt, trainable, pairs, list(idx), pad_id, grad_clip,
+                              weight, step, placement)  # fmt: skip
     seqs = [pairs.chosen[i] for i in idx] + [pairs.rejected[i] for i in idx]
     ids, mask = on(model, *right_pad(seqs, pad_id))
     with placement.autocast():
@@ -144,6 +149,49 @@ def bt_step(
     with torch.no_grad():
         acc = (r_chosen > r_rejected).float().mean().item()
     return loss.item(), acc, float(grad_norm)
+
+
+def _bt_step_shard(
+    shard: data_parallel.Shard, model: MultiHeadRewardModel, opt: torch.optim.Optimizer,
+    trainable: list[torch.nn.Parameter], pairs: EncodedPairs, idx: list[int], pad_id: int,
+    grad_clip: float, weight: torch.Tensor | None, step: int, placement: Placement,
+) -> tuple[float, float, float]:  # fmt: skip
+    """`bt_step` as one of several data-parallel processes: this process scores its share of the
+    pairs, its loss weighted so that the shares sum to the batch's `bt_loss`, and the gradients are
+    summed over the processes before clipping."""
+    n = len(idx)
+    mine = shard.rows(n)
+    own = [idx[i] for i in mine]
+    opt.zero_grad(set_to_none=True)
+    if own:
+        seqs = [pairs.chosen[i] for i in own] + [pairs.rejected[i] for i in own]
+        ids, mask = on(model, *right_pad(seqs, pad_id))
+        with placement.autocast():
+            rewards = model.rewards(ids, mask).float()
+        r_chosen, r_rejected = rewards.chunk(2, dim=1)  # (K, b) each
+        losses = -torch.nn.functional.logsigmoid(r_chosen - r_rejected)
+        if weight is None:
+            share = losses.sum() / (losses.shape[0] * n)
+        else:
+            (weight,) = on(model, weight)  # (K, n): the whole batch's, for each head's total
+            share = ((weight[:, mine] * losses).sum(1) / weight.sum(1).clamp_min(1e-12)).mean()
+        share.backward()
+        correct = (r_chosen > r_rejected).float().sum().detach()
+        k = losses.shape[0]
+    else:  # fewer pairs in this batch than processes: this one adds nothing
+        share = correct = torch.zeros((), device=trainable[0].device)
+        k = model.k
+    loss = shard.total(share).item()
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"reward-model training: loss is {loss} at step {step}")
+    shard.all_reduce_grads(trainable)
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+    if not torch.isfinite(grad_norm):  # clipping would write the NaN into every weight
+        raise FloatingPointError(
+            f"reward-model training: the gradient norm is {grad_norm.item()} at step {step}"
+        )
+    opt.step()
+    return loss, shard.total(correct).item() / (k * n), float(grad_norm)
 
 
 def head_moved(weight: torch.Tensor, start: torch.Tensor) -> float:
@@ -370,6 +418,12 @@ def run_reward_stage(
     """
     arm = family  # a family or a named arm of `reward.arms` (a family with overrides)
     family, cfg = params.reward.arm(arm)
+    if data_parallel.should_launch(params):
+        data_parallel.check(params, cfg.batch_size, "a reward-model batch (reward.batch_size)")
+        resolve(params.placement)  # a device this machine lacks stops here, not in N processes
+        data_parallel.launch("rm", params, family=arm, seed=seed, world_dir=world_dir,
+                             model_dir=model_dir, results_dir=results_dir)  # fmt: skip
+        return json.loads((Path(results_dir) / "train.json").read_text())
     params = dataclasses.replace(params, reward=cfg)
     torch.set_num_threads(params.run.threads)
     placement = resolve(params.placement)

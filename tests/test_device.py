@@ -84,7 +84,7 @@ def test_placement_is_recorded_beside_results_but_is_not_a_result_parameter(tmp_
     bf16 = dataclasses.replace(p, placement=PlacementConfig(dtype="bfloat16"))
     assert bf16.to_dict() == p.to_dict()
     assert provenance(bf16)["placement"] == {
-        "device": "cpu", "dtype": "bfloat16", "gradient_checkpointing": False,
+        "device": "cpu", "dtype": "bfloat16", "gradient_checkpointing": False, "processes": 1,
     }  # fmt: skip
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, stage in dvc.items():
@@ -97,7 +97,7 @@ def test_placement_is_recorded_beside_results_but_is_not_a_result_parameter(tmp_
     out = write_resolved(tmp_path / "params.yaml", tmp_path / "resolved.yaml")
     resolved = yaml.safe_load(out.read_text())
     assert resolved["placement"] == {
-        "device": "cpu", "dtype": "bfloat16", "gradient_checkpointing": False,
+        "device": "cpu", "dtype": "bfloat16", "gradient_checkpointing": False, "processes": 1,
     }  # fmt: skip
 
 
