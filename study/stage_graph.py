@@ -43,15 +43,17 @@ MODEL_CODE = "study/device.py"  # what every stage that runs a model depends on
 
 
 def model_gpus(placement: Any) -> int:
-    """GPUs a model stage asks for by default: one where `placement.device` is 'cuda' (or 'auto'
-    on a machine with CUDA); none on the CPU, and none for 'cuda:N', which names its GPU itself."""
+    """GPUs a model stage asks for by default: one per data-parallel process where
+    `placement.device` is 'cuda' (or 'auto' on a machine with CUDA); none on the CPU, and none for
+    'cuda:N', which names its GPU itself."""
     device = getattr(placement, "device", "cpu")
+    per_stage = getattr(placement, "processes", 1)
     if device == "cuda":
-        return 1
+        return per_stage
     if device == "auto":
         import torch
 
-        return int(torch.cuda.is_available())
+        return per_stage * int(torch.cuda.is_available())
     return 0
 
 

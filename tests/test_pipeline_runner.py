@@ -362,6 +362,8 @@ def test_on_cuda_every_model_stage_asks_ray_for_a_gpu_unless_its_meta_says_other
         got = {n: stages[n].gpus for n in ("model", "pinned", "table")}
         assert got == {"model": gpus, "pinned": 0, "table": 0}, device
     assert load_stages(root, PARAMS)[0]["model"].gpus == 0  # params without a placement
+    params = SimpleNamespace(run=PARAMS.run, placement=SimpleNamespace(device="cuda", processes=4))
+    assert load_stages(root, params)[0]["model"].gpus == 4  # one GPU per data-parallel process
 
 
 def test_the_time_left_comes_from_earlier_runs_and_is_printed_as_stages_end(tmp_path, monkeypatch):
