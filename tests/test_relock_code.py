@@ -130,4 +130,6 @@ def test_the_lock_records_the_code_of_this_tree():
     made by the committed code (rerun, or relocked after a change shown not to move a number)."""
     done = _relock(ROOT, "--check")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert " 0 of " in done.stdout and "entries with new code hashes" in done.stdout, done.stdout
+    assert done.stdout.startswith("0 of ") and "entries with new code hashes" in done.stdout, (
+        done.stdout
+    )
