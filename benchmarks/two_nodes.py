@@ -1,6 +1,8 @@
 """Two Ray nodes against one: the headline's model stages of one seed, at smoke size.
 
     python benchmarks/two_nodes.py [--work /tmp/two_nodes]
+    python benchmarks/two_nodes.py --engines 2            # the same 13 stages, local loop vs Ray
+    python benchmarks/two_nodes.py --engines 1 --whole    # the four-seed smoke pipeline, both engines
 
 Builds a smoke project (seeds 0 and 5 of every seed axis, one torch thread per stage), runs its
 world stage, then runs the headline's model stages of seed 0 (a reward model of every headline
@@ -37,12 +39,12 @@ from study.subgrid import write_restricted  # noqa: E402
 TARGETS = ("rm", "ppo_single", "ppo_min", "ppo_gold")
 
 
-def _project(work: Path) -> Path:
+def _project(work: Path, seeds: set[int]) -> Path:
     root = work / "project"
     shutil.rmtree(work, ignore_errors=True)
     root.mkdir(parents=True)
     copy_code(ROOT, root)
-    write_restricted(root, {0, 5})  # a seed of each seed set; the timed stages are seed 0's
+    write_restricted(root, seeds)
     raw = yaml.safe_load((root / "params.yaml").read_text())
     raw["profile"] = "smoke"
     raw["smoke"]["run"] = {"threads": 1}
@@ -78,23 +80,34 @@ def _time(root: Path, nodes: int) -> tuple[float, list[dict]]:
         cluster.shutdown()
 
 
-def _engines(root: Path, repeats: int) -> list[dict]:
-    """The same stages on this machine's 2 cores under the local loop and under Ray, alternately."""
+def _engines(root: Path, repeats: int, whole: bool) -> list[dict]:
+    """The same stages on this machine's 2 cores under the local loop and under Ray, alternately:
+    the headline's 13 model stages of seed 0, or (`whole`) every stage after the world. Each run
+    starts from the same dvc.lock, so neither engine pays for a longer lock than the other."""
     from study.engines import execute
 
     os.chdir(root)
     params = load_params(root / "params.yaml")
+    lock = (root / "dvc.lock").read_bytes()
     rows = []
     for i in range(repeats):
         for engine in ("local", "ray") if i % 2 == 0 else ("ray", "local"):
+            (root / "dvc.lock").write_bytes(lock)
             stages, stale = load_stages(root, params)
-            names = {n for n in stages if n.split("@")[0] in TARGETS and n.endswith(("-0", "@0"))}
+            if whole:
+                names = set(stages) - {"resolve_params", "world"}
+            else:
+                names = {
+                    n for n in stages if n.split("@")[0] in TARGETS and n.endswith(("-0", "@0"))
+                }
             run = plan(stages, stale | names, sorted(names)) & names
             go = execute if engine == "local" else execute_ray
             t0 = time.perf_counter()
-            go(stages, run, 2, log_dir=root / f"logs-{engine}", echo=lambda *_: None, force=True)
+            timings = go(stages, run, 2, log_dir=root / f"logs-{engine}", echo=lambda *_: None,
+                         force=True)  # fmt: skip
             rows.append({"engine": engine, "cores": 2, "stages": len(run), "repeat": i,
-                         "wall_s": round(time.perf_counter() - t0, 1)})  # fmt: skip
+                         "wall_s": round(time.perf_counter() - t0, 1),
+                         "stage_s_sum": round(sum(t.get("seconds", 0.0) for t in timings), 1)})  # fmt: skip
             print(rows[-1], flush=True)
             if engine == "ray":
                 import ray
@@ -110,14 +123,17 @@ def main() -> int:
     ap.add_argument("--engines", type=int, default=0, metavar="N",
                     help="instead: N alternated runs of the local loop and of Ray, 2 cores "
                          "(results/bench/engines_smoke.csv)")  # fmt: skip
+    ap.add_argument("--whole", action="store_true",
+                    help="with --engines: every stage of a four-seed smoke project (seeds 0, 1, 5, "
+                         "6, as the tests run it), not 13 (results/bench/engines_smoke_whole.csv)")  # fmt: skip
     args = ap.parse_args()
     os.environ["PATH"] = (
         f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # papermill
     )
-    root = _project(args.work)
+    root = _project(args.work, {0, 1, 5, 6} if args.whole else {0, 5})
     if args.engines:
-        out = args.out.with_name("engines_smoke.csv")
-        pd.DataFrame(_engines(root, args.engines)).to_csv(out, index=False)
+        out = args.out.with_name("engines_smoke_whole.csv" if args.whole else "engines_smoke.csv")
+        pd.DataFrame(_engines(root, args.engines, args.whole)).to_csv(out, index=False)
         return 0
     rows = []
     for nodes in (1, 2):
