@@ -177,16 +177,11 @@ def run_ours(work: Path, out: Path, side: str = "ours") -> None:
     import numpy as np
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from study.actor_critic import ActorCritic
     from study.config import SamplingConfig
     from study.generation import format_queries, sample
     from study.hub import load_tokenizer
-    from study.ppo_train import (
-        ActorCritic,
-        make_optimizer,
-        make_rollout,
-        ppo_update,
-        set_learning_rates,
-    )
+    from study.ppo_step import make_optimizer, make_rollout, ppo_update, set_learning_rates
     from study.proxy import HeadNormaliser, proxy_reward_fn
     from study.reward_models import build_reward_model
 

@@ -29,9 +29,10 @@ import pandas as pd
 import torch
 
 from study.config import SFTConfig
-from study.hf import export_reward_model, reward_fn
+from study.export import export_reward_model
 from study.reward_models import build_reward_model, score_ids
 from study.rm_train import save_reward_model
+from study.trl_reward import reward_fn
 from study.world.grammar import sample_corpus
 from study.world.sft import build_policy
 from study.world.tokenizer import train_tokenizer

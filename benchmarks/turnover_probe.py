@@ -26,7 +26,7 @@ import pandas as pd
 
 from study.analysis import run_summaries
 from study.config import load_params, with_overrides
-from study.hf import heldout_accuracy
+from study.export import heldout_accuracy
 from study.io import write_csv
 from study.ppo_train import run_ppo_stage
 from study.rm_train import run_reward_stage

@@ -8,8 +8,8 @@ The two names a user of the study's reward models needs are here (imported on fi
 - ``study.reward_fn(dir, aggregate="min", normalise=True)``: its aggregated reward as a TRL reward
   function (``prompts, completions, **kwargs -> list[float]``).
 
-Both come from `study.hf`; importing it registers the reward-model class with transformers' Auto
-classes.
+They come from `study.hf` and `study.trl_reward`; importing either registers the reward-model class
+with transformers' Auto classes.
 """
 
 from __future__ import annotations
@@ -20,8 +20,12 @@ __all__ = ["load_reward_model", "reward_fn"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from study import hf
+    if name == "load_reward_model":
+        from study.hf import load_reward_model
 
-        return getattr(hf, name)
+        return load_reward_model
+    if name == "reward_fn":
+        from study.trl_reward import reward_fn
+
+        return reward_fn
     raise AttributeError(f"module 'study' has no attribute {name!r}")

@@ -73,3 +73,27 @@ def bon_curve(proxy: np.ndarray, gold: np.ndarray, ns: Sequence[int]) -> pd.Data
             }
         )
     return pd.DataFrame(rows)
+
+
+def bon_turnover(curves: pd.DataFrame, variant: str, n_se: float = 2.0) -> tuple[int, int, str]:
+    """Seeds whose best-of-n gold curve turns over: its gold at the largest n is more than `n_se`
+    standard errors below its peak. Returns (turned, seeds, a description)."""
+    parts, turned = [], 0
+    c = curves[curves["variant"] == variant]
+    for seed, g in c.groupby("seed"):
+        g = g.sort_values("n")
+        peak, last = g.loc[g["gold"].idxmax()], g.iloc[-1]
+        drop = float(peak["gold"] - last["gold"])
+        t = drop > n_se * float(last["gold_se"])
+        turned += t
+        parts.append(
+            f"s{seed}: {peak['gold']:.2f} at n={int(peak['n'])} → {last['gold']:.2f} at "
+            f"n={int(last['n'])} (SE {last['gold_se']:.2f})"
+        )
+    return turned, c["seed"].nunique(), "; ".join(parts)
+
+
+def bon_final_table(curves: pd.DataFrame) -> pd.DataFrame:
+    """Gold at the largest n of each (variant, seed) best-of-n curve: columns variant, seed, gold."""
+    last = curves.loc[curves.groupby(["variant", "seed"])["n"].idxmax()]
+    return last[["variant", "seed", "gold"]].reset_index(drop=True)

@@ -81,18 +81,7 @@ def score_bon_samples(
         placement=placement,
     )
     sample_seconds = time.perf_counter() - t0
-    g = make_gold(params).score(repeated, s.texts, s.finished)
-    samples = pd.DataFrame(
-        {
-            "prompt_id": np.repeat(np.arange(cfg.n_prompts), cfg.n_samples),
-            "sample_id": np.tile(np.arange(cfg.n_samples), cfg.n_prompts),
-            "prompt": repeated,
-            "response": s.texts,
-            "finished": np.asarray(s.finished, dtype=bool),
-            "gold": np.asarray(g.total, dtype=np.float64),
-            **{f"gold_{k}": np.asarray(v, dtype=np.float64) for k, v in g.contributions.items()},
-        }
-    )
+    samples = _sample_table(cfg.n_prompts, cfg.n_samples, repeated, s, make_gold(params))
     ids = torch.cat([s.query_ids, s.response_ids], 1)
     mask = torch.cat([s.query_mask, s.response_mask], 1)
     width = int(s.query_ids.shape[1] + s.response_mask.sum(1).max())
@@ -103,18 +92,9 @@ def score_bon_samples(
         for seed in seeds:
             reward_fn = family_reward_fn(params, family, seed, tokenizer, rm_root, placement)
             t0 = time.perf_counter()
-            out = []
-            with torch.no_grad(), placement.autocast():
-                for i in tqdm(
-                    range(0, len(repeated), batch),
-                    desc=f"scoring {family} s{seed}",
-                    disable=not progress,
-                    leave=False,
-                ):
-                    sl = slice(i, i + batch)
-                    b = Scored(ids[sl], mask[sl], repeated[sl], s.texts[sl], s.finished[sl])
-                    out.append(reward_fn(b))
-            heads = torch.cat(out, dim=1).numpy()  # (K, P * N)
+            every = Scored(ids, mask, repeated, s.texts, s.finished)
+            heads = _score(reward_fn, every, batch, placement, f"scoring {family} s{seed}",
+                           progress)  # fmt: skip
             score_seconds[f"{family}/seed{seed}"] = time.perf_counter() - t0
             frame = pd.DataFrame({f"head{h}": heads[h] for h in range(heads.shape[0])})
             frames.append(
@@ -134,6 +114,39 @@ def score_bon_samples(
         "responses_per_second_sampling": len(samples) / sample_seconds,
     }
     return samples, pd.concat(frames, ignore_index=True), info
+
+
+def _sample_table(
+    n_prompts: int, n_samples: int, repeated: list[str], s: Any, gold: Any
+) -> pd.DataFrame:
+    """One row per response, prompt-major: its prompt and sample ids, text, EOS flag and gold
+    score by component."""
+    g = gold.score(repeated, s.texts, s.finished)
+    return pd.DataFrame(
+        {
+            "prompt_id": np.repeat(np.arange(n_prompts), n_samples),
+            "sample_id": np.tile(np.arange(n_samples), n_prompts),
+            "prompt": repeated,
+            "response": s.texts,
+            "finished": np.asarray(s.finished, dtype=bool),
+            "gold": np.asarray(g.total, dtype=np.float64),
+            **{f"gold_{k}": np.asarray(v, dtype=np.float64) for k, v in g.contributions.items()},
+        }
+    )
+
+
+def _score(
+    reward_fn: Any, every: Scored, batch: int, placement: Any, desc: str, progress: bool
+) -> np.ndarray:
+    """Every head's raw reward (K, B) of the responses of `every`, `batch` at a time."""
+    out = []
+    with torch.no_grad(), placement.autocast():
+        for i in tqdm(range(0, len(every.prompts), batch), desc=desc, disable=not progress,
+                      leave=False):  # fmt: skip
+            sl = slice(i, i + batch)
+            out.append(reward_fn(Scored(every.ids[sl], every.mask[sl], every.prompts[sl],
+                                        every.texts[sl], every.finished[sl])))  # fmt: skip
+    return torch.cat(out, dim=1).numpy()
 
 
 def bon_variants(families: Sequence[str]) -> list[str]:

@@ -32,7 +32,15 @@ import numpy as np
 import pandas as pd
 
 from study.analysis import require_columns
-from study.stats import detectable_difference, paired_diff, seeds_for_margin, t975
+from study.bon import bon_final_table, bon_turnover
+from study.stats import (
+    detectable_difference,
+    finite_values,
+    paired_diff,
+    seeds_for_margin,
+    t975,
+    welch_diff,
+)
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
@@ -43,29 +51,6 @@ def matched_level(runs: pd.DataFrame, kl_levels: Sequence[float]) -> float | Non
     require_columns(runs, [f"gold_at_kl{x:g}" for x in kl_levels], "PPO runs")
     reached = [x for x in kl_levels if runs[f"gold_at_kl{x:g}"].notna().all()]
     return max(reached) if reached else None
-
-
-def _values(x: Sequence[float]) -> np.ndarray:
-    a = np.asarray(list(x), np.float64)
-    return a[np.isfinite(a)]
-
-
-def welch_diff(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
-    """mean(a) − mean(b), the half-width of its 95% Welch interval and the Welch–Satterthwaite
-    degrees of freedom (floored for the t quantile: a slightly wider, conservative interval).
-    NaN values are dropped; the half-width is NaN when either side has fewer than 2 values."""
-    a, b = _values(a), _values(b)
-    if len(a) == 0 or len(b) == 0:
-        return float("nan"), float("nan"), float("nan")
-    diff = float(a.mean() - b.mean())
-    if len(a) < 2 or len(b) < 2:
-        return diff, float("nan"), float("nan")
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return diff, 0.0, float(len(a) + len(b) - 2)
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return diff, t975(max(1, math.floor(df))) * se, float(df)
 
 
 def verdict_better(diff: float, half_width: float) -> str:
@@ -131,7 +116,7 @@ def compare(
     if kind not in ("better", "worse", "parity"):
         raise ValueError(f"kind must be 'better', 'worse' or 'parity', got {kind!r}")
     a_all, b_all = np.asarray(list(a), np.float64), np.asarray(list(b), np.float64)
-    va, vb = _values(a_all), _values(b_all)
+    va, vb = finite_values(a_all), finite_values(b_all)
     if paired:
         if len(a_all) != len(b_all):
             raise ValueError(f"{measure}: paired values of unequal length ({a_name}, {b_name})")
@@ -176,24 +161,6 @@ def table(claims: Sequence[Claim]) -> pd.DataFrame:
     return pd.DataFrame([asdict(c) for c in claims])
 
 
-def bon_turnover(curves: pd.DataFrame, variant: str, n_se: float = 2.0) -> tuple[int, int, str]:
-    """Seeds whose best-of-n gold curve turns over: its gold at the largest n is more than `n_se`
-    standard errors below its peak. Returns (turned, seeds, a description)."""
-    parts, turned = [], 0
-    c = curves[curves["variant"] == variant]
-    for seed, g in c.groupby("seed"):
-        g = g.sort_values("n")
-        peak, last = g.loc[g["gold"].idxmax()], g.iloc[-1]
-        drop = float(peak["gold"] - last["gold"])
-        t = drop > n_se * float(last["gold_se"])
-        turned += t
-        parts.append(
-            f"s{seed}: {peak['gold']:.2f} at n={int(peak['n'])} → {last['gold']:.2f} at "
-            f"n={int(last['n'])} (SE {last['gold_se']:.2f})"
-        )
-    return turned, c["seed"].nunique(), "; ".join(parts)
-
-
 def paired_values(
     table: pd.DataFrame, a: str, b: str, column: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -205,18 +172,6 @@ def paired_values(
     sb = table[table["variant"] == b].set_index("seed")[column]
     seeds = sorted(set(sa.index) & set(sb.index))
     return sa.loc[seeds].to_numpy(np.float64), sb.loc[seeds].to_numpy(np.float64)
-
-
-def bon_final_table(curves: pd.DataFrame) -> pd.DataFrame:
-    """Gold at the largest n of each (variant, seed) best-of-n curve: columns variant, seed, gold."""
-    last = curves.loc[curves.groupby(["variant", "seed"])["n"].idxmax()]
-    return last[["variant", "seed", "gold"]].reset_index(drop=True)
-
-
-def bon_final(curves: pd.DataFrame, variant: str) -> np.ndarray:
-    """Gold at the largest n of each seed's best-of-n curve, in order of seed."""
-    t = bon_final_table(curves)
-    return t[t["variant"] == variant].sort_values("seed")["gold"].to_numpy(np.float64)
 
 
 GAO, COSTE, AHMED = "Gao et al. 2023", "Coste et al. 2024", "Ahmed et al. 2024"
@@ -254,6 +209,25 @@ def finding(runs: pd.DataFrame, a: str, b: str, col: str, margin: float = 0.0) -
     return f"{where}: {c.measured} ({c.design}), {c.verdict}"
 
 
+@dataclass
+class _Rows:
+    """The comparisons claims are made of, on one table of runs (and of best-of-n curves)."""
+
+    runs: pd.DataFrame
+    margin: float
+    bon_curves: pd.DataFrame | None
+
+    def ppo(
+        self, claim: str, who: str, measure: str, a: str, b: str, col: str, kind: str = "better"
+    ) -> Claim:
+        return ppo_row(self.runs, claim, who, measure, a, b, col, kind, self.margin)
+
+    def bon(self, claim: str, who: str, a: str, b: str, kind: str = "better") -> Claim:
+        va, vb = paired_values(bon_final_table(self.bon_curves), a, b, "gold")
+        return compare(claim, who, "BoN gold at the largest n", a, va, b, vb, kind, self.margin,
+                       paired=True)  # fmt: skip
+
+
 def headline_claims(
     runs: pd.DataFrame,
     claims_kl: float,
@@ -268,21 +242,25 @@ def headline_claims(
     require_columns(
         runs, ("variant", "seed", "overoptimised", "gold_final", at), "results/ppo/runs.parquet"
     )
-    rows: list[Claim] = []
-    variants = set(runs["variant"])
+    rows = _overoptimisation_rows(runs, bon_curves)
+    levels = ([x for x in kl_levels if x <= claims_kl] or [claims_kl])[-2:]
+    c, variants = _Rows(runs, margin, bon_curves), set(runs["variant"])
+    for v, label, who in ARMS:
+        if v in variants:
+            rows += _arm_rows(c, v, label, who, levels)
+    if {"ensemble_min", "ensemble-k1_min"} <= variants:
+        rows += _budget_rows(c, levels)
+    if {"multihead_min", "multihead-3ep_min"} <= variants:
+        rows.append(c.ppo("One epoch per head is enough: 1 epoch protects as well as 3", AHMED,
+                          f"PPO gold at KL {claims_kl:g}", "multihead_min", "multihead-3ep_min",
+                          at, "parity"))  # fmt: skip
+    return rows
 
-    def ppo(
-        claim: str, who: str, measure: str, a: str, b: str, col: str, kind: str = "better"
-    ) -> Claim:
-        return ppo_row(runs, claim, who, measure, a, b, col, kind, margin)
 
-    def bon(claim: str, who: str, a: str, b: str, kind: str = "better") -> Claim:
-        va, vb = paired_values(bon_final_table(bon_curves), a, b, "gold")
-        return compare(claim, who, "BoN gold at the largest n", a, va, b, vb, kind, margin,
-                       paired=True)  # fmt: skip
-
+def _overoptimisation_rows(runs: pd.DataFrame, bon_curves: pd.DataFrame | None) -> list[Claim]:
+    """Whether the single proxy overoptimises: in PPO (gold peaks, then falls) and best-of-n."""
     over = runs.loc[runs["variant"] == "single", "overoptimised"].astype(bool)
-    rows.append(
+    rows = [
         Claim(
             "Optimising a single proxy overoptimises: gold peaks, then falls while the proxy rises",
             f"{GAO}; {COSTE}",
@@ -292,7 +270,7 @@ def headline_claims(
             verdict_count(int(over.sum()), len(over)),
             "count over seeds",
         )
-    )
+    ]
     if bon_curves is not None:
         require_columns(bon_curves, ("variant", "seed", "n", "gold", "gold_se"), "bon curves")
         turned, n_bon, desc = bon_turnover(bon_curves, "single")
@@ -307,51 +285,50 @@ def headline_claims(
                 "count over seeds",
             )
         )
-    levels = [x for x in kl_levels if x <= claims_kl] or [claims_kl]
-    for v, label, who in ARMS:
-        if v not in variants:
-            continue
-        for level in levels[-2:]:
-            rows.append(ppo(f"{label}: its minimum mitigates overoptimisation against a single RM",
-                            who, f"PPO gold at KL {level:g}", v, "single", f"gold_at_kl{level:g}"))  # fmt: skip
-        if bon_curves is not None:
-            rows.append(bon(f"{label}: its minimum mitigates overoptimisation (best-of-n)", who,
-                            v, "single"))  # fmt: skip
-        if v == "ensemble_min":
-            continue
-        for level in levels[-2:]:
-            rows.append(ppo(f"{label}: its minimum protects as well as the full ensemble's",
-                            AHMED, f"PPO gold at KL {level:g}", v, "ensemble_min",
-                            f"gold_at_kl{level:g}", "parity"))  # fmt: skip
-        rows.append(ppo(f"{label}: its minimum protects as well as the full ensemble's", AHMED,
-                        "PPO final gold", v, "ensemble_min", "gold_final", "parity"))  # fmt: skip
-        if bon_curves is not None:
-            rows.append(bon(f"{label}: its minimum protects as well as the full ensemble's "
-                            "(best-of-n)", AHMED, v, "ensemble_min", "parity"))  # fmt: skip
-    if {"ensemble_min", "ensemble-k1_min"} <= variants:
-        # one member of the ensemble (K = 1, its 3 epochs, its seed): the single RM at the
-        # ensemble's epochs per member, so the ensemble's gain splits into what training each
-        # member longer gives and what ensembling K of them adds (this study's own ablation)
-        budget = (
-            "A single RM trained for the ensemble's 3 epochs (one member) mitigates "
-            "overoptimisation against the 1-epoch single RM: the epochs alone"
-        )
-        members = (
-            "The full ensemble's minimum beats one of its members: ensembling itself, "
-            "epochs per member held equal (the ensemble trains K times as much)"
-        )
-        for level in levels[-2:]:
-            rows.append(ppo(budget, STUDY, f"PPO gold at KL {level:g}", "ensemble-k1_min",
-                            "single", f"gold_at_kl{level:g}"))  # fmt: skip
-            rows.append(ppo(members, STUDY, f"PPO gold at KL {level:g}", "ensemble_min",
-                            "ensemble-k1_min", f"gold_at_kl{level:g}"))  # fmt: skip
-        if bon_curves is not None:
-            rows.append(bon(f"{budget} (best-of-n)", STUDY, "ensemble-k1_min", "single"))
-            rows.append(bon(f"{members} (best-of-n)", STUDY, "ensemble_min", "ensemble-k1_min"))
-    if {"multihead_min", "multihead-3ep_min"} <= variants:
-        rows.append(ppo("One epoch per head is enough: 1 epoch protects as well as 3", AHMED,
-                        f"PPO gold at KL {claims_kl:g}", "multihead_min", "multihead-3ep_min",
-                        at, "parity"))  # fmt: skip
+    return rows
+
+
+def _arm_rows(c: _Rows, v: str, label: str, who: str, levels: Sequence[float]) -> list[Claim]:
+    """Arm `v`'s minimum against the single RM, and (but the ensemble) against the ensemble's."""
+    rows = [c.ppo(f"{label}: its minimum mitigates overoptimisation against a single RM", who,
+                  f"PPO gold at KL {level:g}", v, "single", f"gold_at_kl{level:g}")
+            for level in levels]  # fmt: skip
+    if c.bon_curves is not None:
+        rows.append(c.bon(f"{label}: its minimum mitigates overoptimisation (best-of-n)", who, v,
+                          "single"))  # fmt: skip
+    if v == "ensemble_min":
+        return rows
+    parity = f"{label}: its minimum protects as well as the full ensemble's"
+    for level in levels:
+        rows.append(c.ppo(parity, AHMED, f"PPO gold at KL {level:g}", v, "ensemble_min",
+                          f"gold_at_kl{level:g}", "parity"))  # fmt: skip
+    rows.append(c.ppo(parity, AHMED, "PPO final gold", v, "ensemble_min", "gold_final", "parity"))
+    if c.bon_curves is not None:
+        rows.append(c.bon(f"{parity} (best-of-n)", AHMED, v, "ensemble_min", "parity"))
+    return rows
+
+
+def _budget_rows(c: _Rows, levels: Sequence[float]) -> list[Claim]:
+    """One member of the ensemble (K = 1, its 3 epochs, its seed) is the single RM at the
+    ensemble's epochs per member, so the ensemble's gain splits into what training each member
+    longer gives and what ensembling K of them adds (this study's own ablation)."""
+    budget = (
+        "A single RM trained for the ensemble's 3 epochs (one member) mitigates "
+        "overoptimisation against the 1-epoch single RM: the epochs alone"
+    )
+    members = (
+        "The full ensemble's minimum beats one of its members: ensembling itself, "
+        "epochs per member held equal (the ensemble trains K times as much)"
+    )
+    rows = []
+    for level in levels:
+        rows.append(c.ppo(budget, STUDY, f"PPO gold at KL {level:g}", "ensemble-k1_min", "single",
+                          f"gold_at_kl{level:g}"))  # fmt: skip
+        rows.append(c.ppo(members, STUDY, f"PPO gold at KL {level:g}", "ensemble_min",
+                          "ensemble-k1_min", f"gold_at_kl{level:g}"))  # fmt: skip
+    if c.bon_curves is not None:
+        rows.append(c.bon(f"{budget} (best-of-n)", STUDY, "ensemble-k1_min", "single"))
+        rows.append(c.bon(f"{members} (best-of-n)", STUDY, "ensemble_min", "ensemble-k1_min"))
     return rows
 
 

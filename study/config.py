@@ -589,7 +589,7 @@ class PPOConfig:
     cliprange_value: float = _f(0.2, "Value clip around the rollout's values.")
     value_model: str = _f(
         "shared",
-        "The critic: 'shared' (a scalar head on the policy's final hidden states, joint loss; half the update arithmetic) or 'separate' (its own copy of the SFT trunk, as TRL's PPOTrainer). See study.ppo_train.ActorCritic.",
+        "The critic: 'shared' (a scalar head on the policy's final hidden states, joint loss; half the update arithmetic) or 'separate' (its own copy of the SFT trunk, as TRL's PPOTrainer). See study.actor_critic.ActorCritic.",
     )
     vf_coef: float = _f(0.1, "Weight of the value loss (separate critic: scales its gradient).")
     ent_coef: float = _f(

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from study.bt_train import bt_step
 from study.config import Params, load_params
 from study.device import CPU, Placement, on, resolve
 from study.optim import length_grouped_batches
@@ -44,7 +45,7 @@ from study.reward_models import (
     num_parameters,
     right_pad,
 )
-from study.rm_train import bt_step, load_pairs, member_seed, reward_tokenizer
+from study.rm_train import load_pairs, member_seed, reward_tokenizer
 
 WARMUP_STEPS = 3
 COST_FAMILIES = ("multihead", "ensemble")
@@ -69,7 +70,7 @@ def _peak_mb(placement: Placement, rss0: float) -> float:
 
 
 class _Trainer:
-    """One model's optimiser step (`study.rm_train.bt_step`) on a batch of pair indices, timed."""
+    """One model's optimiser step (`study.bt_train.bt_step`) on a batch of pair indices, timed."""
 
     def __init__(
         self, model: MultiHeadRewardModel, pairs: Any, params: Params, pad_id: int,
@@ -118,23 +119,8 @@ def measure(family: str, k: int, params: Params, world_dir: str | Path) -> dict[
     cuda = placement.device.type == "cuda"
     tok = reward_tokenizer(cfg, world_dir)
     pad = tok.pad_token_id
-    _, train = load_pairs(params, world_dir, "train", tok)
-    _, val = load_pairs(params, world_dir, "val", tok)
-    lengths = np.array(
-        [max(len(c), len(r)) for c, r in zip(train.chosen, train.rejected, strict=True)]
-    )
-    epoch = length_grouped_batches(
-        lengths, cfg.batch_size, np.random.default_rng(0), drop_last=False
-    )
+    train, epoch, score_batches = _workload(params, world_dir, tok)
     timed = epoch[WARMUP_STEPS : WARMUP_STEPS + ev.cost_steps]  # the same batches for every point
-    val_seqs = val.chosen + val.rejected
-    score_batches = [
-        [
-            val_seqs[(b * cfg.eval_batch_size + i) % len(val_seqs)]
-            for i in range(cfg.eval_batch_size)
-        ]
-        for b in range(ev.cost_score_batches + 1)
-    ]
     policy_dir = Path(world_dir) / "policy"
 
     def build(heads: int, m: int) -> MultiHeadRewardModel:
@@ -178,54 +164,91 @@ def measure(family: str, k: int, params: Params, world_dir: str | Path) -> dict[
     ref.model.eval()
     for m in members:
         m.eval()
+    ref_sc, vmap_sc, loop_sc = _paired_scoring(ref.model, scorer, looped, score_batches, pad,
+                                               placement)  # fmt: skip
+    loop = looped is not None and not cfg.vectorize_ensemble(cuda)
+    row = {"family": family, "k": k, "parameters": num_parameters(scorer)}
+    row.update(_times(cfg.epochs(family), len(epoch), point_s, ref_s, vmap_sc, loop_sc, ref_sc,
+                      looped is not None, loop, cfg.eval_batch_size))  # fmt: skip
+    row.update(peak_train_mb=train_peak, peak_mb=peak, device=str(placement.device),
+               threads=params.run.threads)  # fmt: skip
+    return row
+
+
+def _workload(params: Params, world_dir: str | Path, tok: Any) -> tuple[Any, list, list]:
+    """The training pairs, one epoch of length-grouped batches (a fixed order: the same batches for
+    every point) and `reward_eval.cost_score_batches` + 1 scoring batches of validation sequences."""
+    cfg, ev = params.reward, params.reward_eval
+    _, train = load_pairs(params, world_dir, "train", tok)
+    _, val = load_pairs(params, world_dir, "val", tok)
+    lengths = np.array(
+        [max(len(c), len(r)) for c, r in zip(train.chosen, train.rejected, strict=True)]
+    )
+    epoch = length_grouped_batches(
+        lengths, cfg.batch_size, np.random.default_rng(0), drop_last=False
+    )
+    val_seqs = val.chosen + val.rejected
+    score_batches = [
+        [
+            val_seqs[(b * cfg.eval_batch_size + i) % len(val_seqs)]
+            for i in range(cfg.eval_batch_size)
+        ]
+        for b in range(ev.cost_score_batches + 1)
+    ]
+    return train, epoch, score_batches
+
+
+def _paired_scoring(
+    ref: Any, scorer: Any, looped: Any, score_batches: list, pad: int, placement: Placement
+) -> tuple[list[float], list[float], list[float]]:
+    """Seconds per batch of the reference, the point's scorer and (an ensemble) its member-by-member
+    loop, the reference first on even batches and last on odd ones; the first batch is warm-up."""
     ref_sc, vmap_sc, loop_sc = [], [], []
     for b, seqs in enumerate(score_batches):
-        # alternate the order: the reference first on even batches, last on odd ones
-        t_ref = _score_time(ref.model, seqs, pad, placement) if b % 2 == 0 else None
+        t_ref = _score_time(ref, seqs, pad, placement) if b % 2 == 0 else None
         t_point = _score_time(scorer, seqs, pad, placement)
         t_loop = _score_time(looped, seqs, pad, placement) if looped is not None else float("nan")
         if t_ref is None:
-            t_ref = _score_time(ref.model, seqs, pad, placement)
-        times = (t_ref, t_point, t_loop)
+            t_ref = _score_time(ref, seqs, pad, placement)
         if b > 0:
-            for acc, t in zip((ref_sc, vmap_sc, loop_sc), times, strict=True):
+            for acc, t in zip((ref_sc, vmap_sc, loop_sc), (t_ref, t_point, t_loop), strict=True):
                 acc.append(t)
-    med = statistics.median
+    return ref_sc, vmap_sc, loop_sc
+
+
+def _times(
+    epochs: int, steps_per_epoch: int, point_s: list[float], ref_s: list[float],
+    vmap_sc: list[float], loop_sc: list[float], ref_sc: list[float], ensemble: bool, loop: bool,
+    batch: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The timing columns of a cost row: medians of the point's steps and batches, and of their
+    ratios to the paired reference's (`_x`); the headline scoring time is the path `loop` names."""
+    med, nan = statistics.median, float("nan")
 
     def paired(times: list[float]) -> float:  # median over batches of (point / reference)
         return med([t / r for t, r in zip(times, ref_sc, strict=True)])
 
     step_s = med(point_s)
-    epochs = cfg.epochs(family)
     score_vmap_s = med(vmap_sc)
-    score_loop_s = med(loop_sc) if looped is not None else float("nan")
-    # the headline scoring time: the path reward.ensemble_scoring selects on this device
-    loop = looped is not None and not cfg.vectorize_ensemble(cuda)
+    score_loop_s = med(loop_sc) if ensemble else nan
     score_s = score_loop_s if loop else score_vmap_s
     return {
-        "family": family,
-        "k": k,
-        "parameters": num_parameters(scorer),
         "train_step_s": step_s,
-        "steps_per_epoch": len(epoch),
-        "train_epoch_s": step_s * len(epoch),
+        "steps_per_epoch": steps_per_epoch,
+        "train_epoch_s": step_s * steps_per_epoch,
         "epochs": epochs,
-        "train_total_s": step_s * len(epoch) * epochs,
+        "train_total_s": step_s * steps_per_epoch * epochs,
         "train_x": med([p / r for p, r in zip(point_s, ref_s, strict=True)]),
-        "score_mode": "loop" if loop else ("vmap" if looped is not None else "single model"),
+        "score_mode": "loop" if loop else ("vmap" if ensemble else "single model"),
         "score_batch_s": score_s,
-        "score_seq_per_s": cfg.eval_batch_size / score_s,
+        "score_seq_per_s": batch / score_s,
         "score_x": paired(loop_sc if loop else vmap_sc),
-        "score_vmap_batch_s": score_vmap_s if looped is not None else float("nan"),
-        "score_vmap_x": paired(vmap_sc) if looped is not None else float("nan"),
+        "score_vmap_batch_s": score_vmap_s if ensemble else nan,
+        "score_vmap_x": paired(vmap_sc) if ensemble else nan,
         "score_loop_batch_s": score_loop_s,
-        "score_loop_x": paired(loop_sc) if looped is not None else float("nan"),
+        "score_loop_x": paired(loop_sc) if ensemble else nan,
         "ref_train_step_s": med(ref_s),
         "ref_score_batch_s": med(ref_sc),
-        "peak_train_mb": train_peak,
-        "peak_mb": peak,
-        "device": str(placement.device),
-        "threads": params.run.threads,
     }
 
 

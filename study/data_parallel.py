@@ -41,7 +41,8 @@ STAGES = {"rm": ("study.rm_train", "run_reward_stage"), "ppo": ("study.ppo_train
 
 @dataclass(frozen=True)
 class Shard:
-    """This process's place among the data-parallel processes."""
+    """This process's place among the data-parallel processes (`ALONE`: a single process, where
+    every method leaves the numbers as they are)."""
 
     rank: int
     world: int
@@ -53,13 +54,16 @@ class Shard:
     def total(self, value: torch.Tensor) -> torch.Tensor:
         """`value` summed over the processes (a copy; every process gets the sum)."""
         out = value.detach().clone()
-        dist.all_reduce(out)
+        if self.world > 1:
+            dist.all_reduce(out)
         return out
 
     def all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
         """Sum each parameter's gradient over the processes. A parameter without a gradient in
         every process keeps none (as one process leaves it); one with a gradient somewhere gets
         zeros where it had none."""
+        if self.world == 1:
+            return
         device = params[0].device if params else torch.device("cpu")
         has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
         dist.all_reduce(has, op=dist.ReduceOp.MAX)
@@ -72,7 +76,9 @@ class Shard:
 
     def agree(self, value: float, what: str) -> None:
         """Stop every process if `value` is not the same in all of them."""
-        t = torch.tensor([value, -value], dtype=torch.float64, device=_device())
+        nccl = dist.is_initialized() and dist.get_backend() == "nccl"  # NCCL reduces on the GPU
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        t = torch.tensor([value, -value], dtype=torch.float64, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         if t[0].item() != value or -t[1].item() != value:
             raise RuntimeError(
@@ -81,6 +87,7 @@ class Shard:
             )
 
 
+ALONE = Shard(0, 1)
 _SHARD: Shard | None = None
 
 
@@ -97,18 +104,6 @@ def should_launch(params: Params) -> bool:
     if os.environ.get(MARK) == "1":
         raise RuntimeError("data parallel: a launched process has no shard (study.data_parallel)")
     return True
-
-
-def _device() -> torch.device:
-    return (
-        torch.device("cuda", torch.cuda.current_device())
-        if _backend() == "nccl"
-        else torch.device("cpu")
-    )
-
-
-def _backend() -> str:
-    return dist.get_backend() if dist.is_initialized() else "gloo"
 
 
 def check(params: Params, per_step: int, what: str) -> None:

@@ -18,7 +18,7 @@ of the same batch it is exactly the mean over completions of the summed k1, the 
 subtracts from the reward and the ``kl`` column of our PPO table (nats per response); the table
 keeps both (``kl``, ``kl_per_token``).
 
-The reward TRL optimises is the public `study.hf.RewardFunction` (what `study.reward_fn` returns)
+The reward TRL optimises is the public `study.trl_reward.RewardFunction` (what `study.reward_fn` returns)
 over the variant's reward checkpoint: it tokenises each prompt as TRL does, appends the sampled
 completion ids (through the end-of-sequence token, as TRL cut them), normalises per head with the
 normaliser fitted as the PPO stage fits it and aggregates with `study.aggregate.aggregate`; the
@@ -36,32 +36,24 @@ KL it logs belong to the distribution that sampled the completions.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
-from tqdm import tqdm
-from transformers import (
-    AutoModelForCausalLM,
-    PreTrainedTokenizerBase,
-    TrainerCallback,
-)
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from transformers.trainer_callback import PrinterCallback
 
 from study.aggregate import aggregate
 from study.config import ConfigError, Params, RLOOConfig
-from study.device import resolve
+from study.device import Placement, resolve
 from study.generation import format_queries, left_pad
-from study.hf import RewardCallInfo, RewardFunction, load_bundle
+from study.hf import load_bundle
 from study.hub import load_tokenizer, make_gold
 from study.io import atomic_path, load_prompts, require
 from study.optim import warmup_cosine
@@ -76,7 +68,14 @@ from study.proxy import (
     variant_spec,
 )
 from study.reward_models import right_pad
-from study.world.gold import GoldReward
+from study.rloo_table import (
+    RewardCall,
+    StepTable,
+    count_positions_from_first_token,
+    table_call,
+    untemplate,
+)
+from study.trl_reward import RewardFunction
 
 # Seed offsets of this driver's random streams; 1 is the PPO stage's normaliser stream, reused so
 # that both optimisers of a (variant, seed) see the same normalised reward.
@@ -88,44 +87,6 @@ SEED_NORMALISER, SEED_TRL = 1, 6
 
 TRLRewardFunc = Callable[..., list[float]]
 """TRL's reward-function signature: (prompts, completions, completion_ids, **kwargs) -> floats."""
-
-
-@dataclass
-class RewardCall:
-    """One call of the reward callable: the batch, the normalised heads (K, B) and the rewards (B,)."""
-
-    batch: Scored
-    heads: torch.Tensor
-    scores: torch.Tensor
-    response_length: torch.Tensor  # (B,) completion tokens, EOS included
-    step: int | None  # TRL's global step when the batch was scored (None outside a trainer)
-    seconds: float  # spent in the reward function
-
-
-def table_call(c: RewardCallInfo, tokenizer: PreTrainedTokenizerBase, template: str) -> RewardCall:
-    """A call of `study.hf.RewardFunction` as the step table reads it: the raw prompts, the
-    completion texts and EOS flags, the normalised heads and the rewards."""
-    ids = [list(x) for x in c.completion_ids or []]
-    if len(ids) != len(c.prompts):
-        raise ValueError("the RLOO table needs TRL's completion_ids with every reward call")
-    batch = Scored(
-        ids=torch.empty(0, dtype=torch.long),  # the table reads texts, not ids
-        mask=torch.empty(0, dtype=torch.long),
-        prompts=[untemplate(p, template) for p in c.prompts],
-        texts=[tokenizer.decode(x, skip_special_tokens=True).strip() for x in ids],
-        finished=np.array([len(x) > 0 and x[-1] == tokenizer.eos_token_id for x in ids]),
-    )
-    step = getattr(c.trainer_state, "global_step", None)
-    lengths = torch.tensor([len(x) for x in ids])
-    return RewardCall(batch, c.heads, c.scores, lengths, step, c.seconds)
-
-
-def untemplate(query: str, template: str) -> str:
-    """The prompt inside a query made by `format_queries` ('{prompt} <sep>': 'a b <sep>' -> 'a b')."""
-    prefix, _, suffix = template.partition("{prompt}")
-    if not (query.startswith(prefix) and query.endswith(suffix)):
-        raise ValueError(f"query {query!r} was not made by the template {template!r}")
-    return query[len(prefix) : len(query) - len(suffix)]
 
 
 def make_reward_callable(
@@ -194,206 +155,56 @@ def make_reward_callable(
     return reward
 
 
-# ------------------------------------------------------------------------- positions and logging
-
-
-def count_positions_from_first_token(model: nn.Module) -> torch.utils.hooks.RemovableHandle | None:
-    """Make calls of `model` without ``position_ids`` count positions from each row's first
-    attended token, (attention_mask.cumsum(-1) - 1).clamp(min=0), as ``generate`` does.
-
-    Returns the hook's handle, or None for a model whose forward takes no ``position_ids``.
-    """
-    if "position_ids" not in inspect.signature(type(model).forward).parameters:
-        return None
-
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        mask = kwargs.get("attention_mask")
-        if mask is None or mask.dim() != 2 or kwargs.get("position_ids") is not None:
-            return None
-        kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-        return args, kwargs
-
-    return model.register_forward_pre_hook(hook, with_kwargs=True)
-
-
-# TRL log key -> table column; with num_iterations > 1 these are of the rollout's first update
-_FROM_TRL_LOG = {"entropy": "entropy", "grad_norm": "grad_norm", "step_time": "step_seconds"}
-
-
-class StepTable(TrainerCallback):
-    """The per-rollout table: a row per reward call (proxy, heads, gold on the same completions),
-    completed by the TRL log that follows it (KL, entropy, gradient norm)."""
-
-    def __init__(
-        self,
-        variant: str,
-        seed: int,
-        gold: GoldReward,
-        lr: Callable[[int], float],
-        steps: int,
-        progress: bool = True,
-    ):
-        self.variant, self.seed, self.gold, self.lr = variant, seed, gold, lr
-        self.rows: list[dict[str, Any]] = []
-        # our bar, not TRL's: its ProgressCallback writes every log dict under the bar
-        self.bar = tqdm(
-            total=steps, desc=f"rloo {variant} s{seed}", disable=not progress, mininterval=2.0
-        )
-
-    def on_batch(self, call: RewardCall) -> None:
-        b, heads = call.batch, call.heads
-        g = self.gold.score(b.prompts, b.texts, b.finished)
-        row: dict[str, Any] = {
-            "variant": self.variant,
-            "seed": self.seed,
-            "step": len(self.rows),
-            "kl": math.nan,
-            "kl_per_token": math.nan,
-            "proxy": call.scores.mean().item(),
-            "head_std": heads.std(0, unbiased=False).mean().item() if heads.shape[0] > 1 else 0.0,
-            "gold": float(g.total.mean()),
-        }
-        row.update({f"gold_{k}": float(v.mean()) for k, v in g.contributions.items()})
-        row.update({f"proxy_head{h}": heads[h].mean().item() for h in range(heads.shape[0])})
-        row.update(
-            response_length=call.response_length.float().mean().item(),
-            finished=float(np.mean(b.finished)),
-            entropy=math.nan,
-            grad_norm=math.nan,
-            lr=self.lr(call.step or 0),
-            step_seconds=math.nan,
-            score_seconds=call.seconds,
-        )
-        self.rows.append(row)
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **_: Any):
-        if not logs or "kl" not in logs:  # a log without a rollout (num_iterations > 1, the end)
-            return
-        if not self.rows or not math.isnan(self.rows[-1]["kl"]):
-            raise RuntimeError("TRL logged a KL without a new reward call: the table is misaligned")
-        row = self.rows[-1]
-        if not math.isclose(logs["reward"], row["proxy"], rel_tol=1e-4, abs_tol=1e-5):
-            raise RuntimeError(
-                f"TRL logged reward {logs['reward']} for a batch whose proxy is {row['proxy']}"
-            )
-        row["kl_per_token"] = float(logs["kl"])
-        row["kl"] = float(logs["kl"]) * row["response_length"]
-        for key, name in _FROM_TRL_LOG.items():
-            if logs.get(key) is not None:
-                row[name] = float(logs[key])
-        for name in ("kl", "proxy", "gold"):
-            if not math.isfinite(row[name]):
-                raise FloatingPointError(f"RLOO rollout {row['step']}: {name} is {row[name]}")
-        self.bar.update(1)
-        self.bar.set_postfix(
-            kl=f"{row['kl']:.2f}",
-            proxy=f"{row['proxy']:.2f}",
-            gold=f"{row['gold']:.2f}",
-            refresh=False,
-        )
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **_: Any):
-        self.bar.close()
-
-
 # ---------------------------------------------------------------------------------------- driver
 
 
-def train_rloo(
-    params: Params,
-    variant: str,
-    seed: int,
-    world_dir: str | Path,
-    rm_root: str | Path,
-    run_dir: str | Path,
-    progress: bool = True,
-    steps: int | None = None,
-    cfg: RLOOConfig | None = None,
-) -> pd.DataFrame:
-    """RLOO (TRL) of the SFT policy against `variant`'s reward; returns the per-rollout table.
-
-    Columns: variant, seed, step, kl (nats per response), kl_per_token (TRL's log), proxy, head_std,
-    proxy_head<h>, gold, gold_<component>, response_length, finished, entropy, grad_norm, lr,
-    step_seconds, score_seconds. `cfg` defaults to ``params.rloo``; `steps` overrides ``cfg.steps``. The trained policy and its tokenizer are
-    saved to ``run_dir/policy``; TRL's output directory is ``run_dir/trl``. No resuming: a killed
-    run starts again.
-    """
-    from datasets import Dataset  # imported here: TRL and datasets take seconds to import
-    from trl import RLOOConfig as TRLRLOOConfig
-    from trl import RLOOTrainer
-
-    if cfg is None:
-        cfg = params.rloo
-    if steps is not None:
-        cfg = dataclasses.replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps - 1))
-    torch.set_num_threads(params.run.threads)
+def _placement(params: Params) -> Placement:
+    """The placement, where TRL can honour it: TRL trains on cuda:0 and refuses several visible
+    GPUs, whatever the placement says."""
     placement = resolve(params.placement)
     if placement.device.type == "cuda" and (
         torch.cuda.device_count() != 1 or placement.device.index not in (None, 0)
-    ):  # TRL trains on cuda:0 and refuses several visible GPUs, whatever the placement says
+    ):
         raise ConfigError(
             f"placement.device: {str(placement.device)!r}, but RLOO (TRL) runs on the one CUDA "
             f"device it sees and this process sees {torch.cuda.device_count()}: show it one "
             "(CUDA_VISIBLE_DEVICES=<index>, as Ray does for a stage) and use placement.device: cuda"
         )
-    world, run_dir = Path(world_dir), Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = load_tokenizer(str(world / "policy"), "world policy")
-    policy = AutoModelForCausalLM.from_pretrained(world / "policy", **placement.policy_kwargs())
-    placement.put(policy)
-    gold = make_gold(params)
-    family, method = variant_spec(variant)
-    bundle = None
+    return placement
+
+
+def _reward(
+    params: Params, variant: str, seed: int, rm_root: str | Path, tokenizer: Any, gold: Any,
+    placement: Placement,
+) -> tuple[Any, Any]:  # fmt: skip
+    """The reward function (K, B) of `variant`, and the reward bundle it reads (None for gold):
+    the checkpoint of stage rm, read as any user reads it (`study.reward_fn`)."""
+    family = variant_spec(variant)[0]
     if family == "gold":
-        reward_fn = gold_reward_fn(gold)
-    else:  # the reward checkpoint of stage rm, read as any user reads it (`study.reward_fn`)
-        rm_dir = require(Path(rm_root) / family / f"seed{seed}", f"stage rm@{family}-{seed}")
-        bundle = load_bundle(
-            rm_dir, vectorize=params.reward.vectorize_ensemble(placement.device.type == "cuda")
+        return gold_reward_fn(gold), None
+    rm_dir = require(Path(rm_root) / family / f"seed{seed}", f"stage rm@{family}-{seed}")
+    bundle = load_bundle(
+        rm_dir, vectorize=params.reward.vectorize_ensemble(placement.device.type == "cuda")
+    )
+    placement.put(bundle.model)
+    if bundle.tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(
+            f"RLOO: the reward model at {rm_dir} reads another vocabulary than the policy; "
+            "the normaliser is fitted on the policy's tokens, so RLOO needs a reward model "
+            "on the policy's tokenizer (reward.encoder: policy or scratch)"
         )
-        placement.put(bundle.model)
-        if bundle.tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise ValueError(
-                f"RLOO: the reward model at {rm_dir} reads another vocabulary than the policy; "
-                "the normaliser is fitted on the policy's tokens, so RLOO needs a reward model "
-                "on the policy's tokenizer (reward.encoder: policy or scratch)"
-            )
-        reward_fn = proxy_reward_fn(
-            bundle.model, bundle.tokenizer, tokenizer, params.reward.max_length
-        )
-    rl = load_prompts(world, "rl")
-    template, sampling = params.sources.prompt_template, params.sampling
+    reward_fn = proxy_reward_fn(bundle.model, bundle.tokenizer, tokenizer, params.reward.max_length)
+    return reward_fn, bundle
 
-    # 1. per-head normalisation on SFT samples, exactly as the PPO stage fits it
-    # outside autocast: TRL scores the rewards it normalises in float32
-    normaliser = fit_normaliser(
-        reward_fn, policy.eval(), tokenizer, rl, template, sampling, params.ppo.n_norm_samples,
-        _seed(params.run.seed, seed, SEED_NORMALISER), params.ppo.normalise,
-    )  # fmt: skip
 
-    # 2. the reward TRL optimises, and the table that logs gold beside it
-    total = cfg.steps * cfg.num_iterations  # optimiser steps
-
-    def lr_at(opt_step: int) -> float:
-        return warmup_cosine(opt_step, total, cfg.warmup_steps, cfg.lr)
-
-    table = StepTable(variant, seed, gold, lr_at, cfg.steps, progress)
-    if bundle is None:  # the gold control: no reward model to load
-        reward = make_reward_callable(
-            reward_fn, normaliser, method, params.reward.uwo_lambda, tokenizer, template,
-            on_batch=table.on_batch, name=variant,
-        )  # fmt: skip
-    else:  # the public reward function, with the normaliser fitted above
-        bundle.normaliser = (normaliser.mean, normaliser.std)
-        reward = RewardFunction(
-            bundle, method, True, params.reward.uwo_lambda, name=variant, policy_tokenizer=tokenizer
-        )
-        reward.on_call = lambda c: table.on_batch(table_call(c, tokenizer, template))
-
-    # 3. TRL's RLOO on the placement's device and precision: one rollout of prompts_per_step x
-    # num_generations completions per num_iterations optimiser steps; Adam and the warm-up +
-    # cosine schedule of our PPO
-    args = TRLRLOOConfig(
+def _trl_config(
+    config_class: Any, params: Params, cfg: RLOOConfig, seed: int, run_dir: Path,
+    placement: Placement, total: int,
+) -> Any:  # fmt: skip
+    """TRL's RLOO arguments: `total` optimiser steps on the placement's device and precision, the
+    rollout and loss of `cfg`, sampling as `params.sampling`, no saving, no evaluation."""
+    sampling = params.sampling
+    return config_class(
         output_dir=str(run_dir / "trl"),
         report_to=[],
         push_to_hub=False,
@@ -424,17 +235,94 @@ def train_rloo(
         disable_tqdm=True,
         log_level="warning",
     )
+
+
+def _trl_reward(
+    params: Params, variant: str, reward_fn: Any, bundle: Any, normaliser: HeadNormaliser,
+    tokenizer: Any, table: StepTable,
+) -> Any:  # fmt: skip
+    """The reward TRL optimises, each call logged into `table`: for a reward model, the public
+    reward function (`study.reward_fn`'s) with the normaliser fitted on SFT samples; for the gold
+    control, the normalised gold."""
+    method, template = variant_spec(variant)[1], params.sources.prompt_template
+    if bundle is None:  # the gold control: no reward model to load
+        return make_reward_callable(
+            reward_fn, normaliser, method, params.reward.uwo_lambda, tokenizer, template,
+            on_batch=table.on_batch, name=variant,
+        )  # fmt: skip
+    bundle.normaliser = (normaliser.mean, normaliser.std)
+    reward = RewardFunction(
+        bundle, method, True, params.reward.uwo_lambda, name=variant, policy_tokenizer=tokenizer
+    )
+    reward.on_call = lambda c: table.on_batch(table_call(c, tokenizer, template))
+    return reward
+
+
+def train_rloo(
+    params: Params,
+    variant: str,
+    seed: int,
+    world_dir: str | Path,
+    rm_root: str | Path,
+    run_dir: str | Path,
+    progress: bool = True,
+    steps: int | None = None,
+    cfg: RLOOConfig | None = None,
+) -> pd.DataFrame:
+    """RLOO (TRL) of the SFT policy against `variant`'s reward; returns the per-rollout table.
+
+    Columns: variant, seed, step, kl (nats per response), kl_per_token (TRL's log), proxy, head_std,
+    proxy_head<h>, gold, gold_<component>, response_length, finished, entropy, grad_norm, lr,
+    step_seconds, score_seconds. `cfg` defaults to ``params.rloo``; `steps` overrides
+    ``cfg.steps``. The trained policy and its tokenizer are saved to ``run_dir/policy``; TRL's
+    output directory is ``run_dir/trl``. No resuming: a killed run starts again.
+    """
+    from datasets import Dataset  # imported here: TRL and datasets take seconds to import
+    from trl import RLOOConfig as TRLRLOOConfig
+    from trl import RLOOTrainer
+
+    if cfg is None:
+        cfg = params.rloo
+    if steps is not None:
+        cfg = dataclasses.replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps - 1))
+    torch.set_num_threads(params.run.threads)
+    placement = _placement(params)
+    world, run_dir = Path(world_dir), Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(str(world / "policy"), "world policy")
+    policy = AutoModelForCausalLM.from_pretrained(world / "policy", **placement.policy_kwargs())
+    placement.put(policy)
+    gold = make_gold(params)
+    reward_fn, bundle = _reward(params, variant, seed, rm_root, tokenizer, gold, placement)
+    rl = load_prompts(world, "rl")
+    template, sampling = params.sources.prompt_template, params.sampling
+
+    # 1. per-head normalisation on SFT samples, exactly as the PPO stage fits it
+    # outside autocast: TRL scores the rewards it normalises in float32
+    normaliser = fit_normaliser(
+        reward_fn, policy.eval(), tokenizer, rl, template, sampling, params.ppo.n_norm_samples,
+        _seed(params.run.seed, seed, SEED_NORMALISER), params.ppo.normalise,
+    )  # fmt: skip
+
+    # 2. the reward TRL optimises, and the table that logs gold beside it
+    total = cfg.steps * cfg.num_iterations  # optimiser steps
+
+    def lr_at(opt_step: int) -> float:
+        return warmup_cosine(opt_step, total, cfg.warmup_steps, cfg.lr)
+
+    table = StepTable(variant, seed, gold, lr_at, cfg.steps, progress)
+    reward = _trl_reward(params, variant, reward_fn, bundle, normaliser, tokenizer, table)
+
+    # 3. TRL's RLOO on the placement's device and precision: one rollout of prompts_per_step x
+    # num_generations completions per num_iterations optimiser steps; Adam and the warm-up +
+    # cosine schedule of our PPO
+    args = _trl_config(TRLRLOOConfig, params, cfg, seed, run_dir, placement, total)
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s) / cfg.lr)
-    trainer = RLOOTrainer(
-        model=policy.train(),
-        reward_funcs=reward,
-        args=args,
-        train_dataset=Dataset.from_dict({"prompt": format_queries(rl, template)}),
-        processing_class=tokenizer,
-        callbacks=[table],
-        optimizers=(opt, schedule),
-    )
+    dataset = Dataset.from_dict({"prompt": format_queries(rl, template)})
+    trainer = RLOOTrainer(model=policy.train(), reward_funcs=reward, args=args,
+                          train_dataset=dataset, processing_class=tokenizer, callbacks=[table],
+                          optimizers=(opt, schedule))  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; `table` shows a bar
     for model in (trainer.model, trainer.ref_model):
         count_positions_from_first_token(model)

@@ -117,3 +117,27 @@ def fmt(mean: float, ci: float, digits: int = 3) -> str:
     if math.isnan(ci):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {ci:.{digits}f}"
+
+
+def finite_values(x: Sequence[float]) -> np.ndarray:
+    """The finite values of `x` as float64 (NaN and infinities dropped)."""
+    a = np.asarray(list(x), np.float64)
+    return a[np.isfinite(a)]
+
+
+def welch_diff(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """mean(a) − mean(b), the half-width of its 95% Welch interval and the Welch–Satterthwaite
+    degrees of freedom (floored for the t quantile: a slightly wider, conservative interval).
+    NaN values are dropped; the half-width is NaN when either side has fewer than 2 values."""
+    a, b = finite_values(a), finite_values(b)
+    if len(a) == 0 or len(b) == 0:
+        return float("nan"), float("nan"), float("nan")
+    diff = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return diff, float("nan"), float("nan")
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, 0.0, float(len(a) + len(b) - 2)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return diff, t975(max(1, math.floor(df))) * se, float(df)

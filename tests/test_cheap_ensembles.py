@@ -115,8 +115,8 @@ def test_lora_members_train_low_rank_updates_of_the_target_projections_only(tmp_
 
     import numpy as np
 
+    from study.bt_train import EncodedPairs
     from study.config import load_params
-    from study.rm_train import EncodedPairs
     from tests.conftest import ROOT
 
     cfg = SFTConfig(n_layer=2, n_embd=32, n_head=2, max_length=64, steps=10, warmup_steps=1)
@@ -169,9 +169,10 @@ def test_each_cheap_arm_trains_through_train_family_into_a_model_the_pipeline_re
 
     import numpy as np
 
+    from study.bt_train import EncodedPairs
     from study.config import load_params
     from study.reward_models import load_reward_model
-    from study.rm_train import EncodedPairs, save_reward_model, train_family
+    from study.rm_train import save_reward_model, train_family
     from tests.conftest import ROOT
 
     cfg = SFTConfig(n_layer=2, n_embd=32, n_head=2, max_length=64, steps=10, warmup_steps=1)

@@ -8,21 +8,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from study.bon import bon_final_table, bon_turnover
 from study.claims import (
     INCONCLUSIVE,
     NOT_SUPPORTED,
     SUPPORTED,
-    bon_final,
-    bon_turnover,
     build_claims,
     compare,
     paired_values,
     verdict_better,
     verdict_count,
     verdict_parity,
-    welch_diff,
 )
 from study.config import ConfigError, load_params, with_overrides
+from study.stats import welch_diff
 from tests.conftest import ROOT
 
 
@@ -78,7 +77,8 @@ def test_bon_turnover_and_final_by_hand():
     turned, n, desc = bon_turnover(_curves(), "single")
     assert (turned, n) == (1, 2)  # seed 0 drops 0.5 > 2 x 0.1; seed 1 never falls
     assert "s0: 2.00 at n=2 → 1.50 at n=4" in desc
-    assert list(bon_final(_curves(), "single")) == [1.5, 1.2]
+    final = bon_final_table(_curves())
+    assert final.to_dict("list") == {"variant": ["single"] * 2, "seed": [0, 1], "gold": [1.5, 1.2]}
 
 
 ARMS = ["single", "ensemble_min", "ensemble_mean", "ensemble_uwo", "multihead_min",

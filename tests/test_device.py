@@ -151,7 +151,7 @@ def _save(model, tokenizer):
 def test_activation_checkpointing_is_switched_on_in_every_model_inside():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from study.ppo_train import ActorCritic
+    from study.actor_critic import ActorCritic
 
     policy = GPT2LMHeadModel(
         GPT2Config(vocab_size=40, n_positions=16, n_embd=8, n_layer=1, n_head=2)

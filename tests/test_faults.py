@@ -180,7 +180,7 @@ def test_a_nan_gradient_stops_ppo_before_any_weight_moves(world, tmp_path, monke
 def test_a_nan_gradient_stops_reward_model_training_before_the_step(monkeypatch, tokenizer):
     from transformers import GPT2Config
 
-    import study.rm_train as rt
+    import study.bt_train as rt
     from study.modeling_reward import MultiHeadRewardModel, RewardModelConfig
 
     enc = GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=16, n_layer=1, n_head=2)
@@ -202,7 +202,7 @@ def test_a_nan_gradient_stops_reward_model_training_before_the_step(monkeypatch,
 def test_a_checkpoint_of_another_reward_model_is_not_resumed(world, tmp_path, capsys):
     import shutil
 
-    from study.ppo_train import load_checkpoint
+    from study.checkpoint import load_checkpoint
 
     _train(world, tmp_path / "run", stop_after=2)  # checkpoint at step 1
     assert (tmp_path / "run" / "checkpoint.pt").exists()
@@ -216,7 +216,7 @@ def test_a_checkpoint_of_another_reward_model_is_not_resumed(world, tmp_path, ca
     from safetensors.torch import save_file
 
     save_file(weights, rm_file, metadata={"format": "pt"})
-    from study.ppo_train import run_fingerprint
+    from study.checkpoint import run_fingerprint
 
     p = fault_params()
     same = run_fingerprint(
@@ -230,7 +230,7 @@ def test_a_checkpoint_of_another_reward_model_is_not_resumed(world, tmp_path, ca
 
 
 def test_a_corrupt_or_foreign_checkpoint_is_moved_aside_and_the_run_starts_fresh(tmp_path, capsys):
-    from study.ppo_train import load_checkpoint
+    from study.checkpoint import load_checkpoint
 
     ckpt = tmp_path / "checkpoint.pt"
     ckpt.write_bytes(b"PK\x03\x04 truncated")

@@ -11,13 +11,8 @@ import torch
 
 import study
 from study.config import SFTConfig
-from study.hf import (
-    MANIFEST,
-    RewardCheckpointError,
-    export_reward_model,
-    load_bundle,
-    read_manifest,
-)
+from study.export import export_reward_model
+from study.hf import MANIFEST, RewardCheckpointError, load_bundle, read_manifest
 from study.reward_models import EnsembleRewardModel, build_reward_model
 from study.rm_train import save_reward_model
 from study.world.sft import build_policy
@@ -324,7 +319,7 @@ def test_the_export_command_reads_the_pipeline_and_its_ppo_normaliser(
 ):
     import pandas as pd
 
-    from study.hf import main
+    from study.export import main
 
     root, _ = pipeline_dirs
     rm = tmp_path / "artifacts" / "rm" / "multihead" / "seed2"
@@ -353,7 +348,7 @@ def test_the_export_command_reads_the_pipeline_and_its_ppo_normaliser(
     (ppo / "train.json").write_text(
         json.dumps({"norm_mean": [0.0, 1.0, 2.0], "norm_std": [1.0, 2.0, 3.0]})
     )
-    main(["export", "multihead", "2", str(tmp_path / "out"), "--root", str(tmp_path)])
+    main(["multihead", "2", str(tmp_path / "out"), "--root", str(tmp_path)])
     assert "from " + str(ppo / "train.json") in capsys.readouterr().out  # min's run absent: mean's
     bundle = load_bundle(tmp_path / "out")
     assert bundle.k == K and bundle.manifest["max_length"] == 32
@@ -362,5 +357,5 @@ def test_the_export_command_reads_the_pipeline_and_its_ppo_normaliser(
     assert "| held-out accuracy vs labels (per head) | [0.5, 0.0, 1.0] |" in card
     assert "flip rate) 0.25" in card
     with pytest.raises(SystemExit):
-        main(["export", "multihead", "7", str(tmp_path / "x"), "--root", str(tmp_path)])
+        main(["multihead", "7", str(tmp_path / "x"), "--root", str(tmp_path)])
     assert "no reward model" in capsys.readouterr().err

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
+from study.actor_critic import ActorCritic, ValueModel, policy_forward, response_values
 from study.generation import left_pad
-from study.ppo_train import ActorCritic, ValueModel, policy_forward, response_values
 
 
 def _tiny(seed: int = 0):
@@ -102,7 +102,7 @@ def test_a_toy_ppo_run_keeps_losses_finite_and_changes_the_weights(tokenizer, va
 
     from study.config import SamplingConfig, SFTConfig
     from study.generation import format_queries, sample
-    from study.ppo_train import make_optimizer, make_rollout, ppo_update
+    from study.ppo_step import make_optimizer, make_rollout, ppo_update
     from study.proxy import HeadNormaliser
     from study.world.sft import build_policy
 

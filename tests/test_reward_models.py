@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from study.bt_train import encode_pairs, head_moved, resample_weights, train_reward_model
 from study.config import SFTConfig, load_params
 from study.generation import left_pad
 from study.modeling_reward import init_heads
@@ -22,14 +23,7 @@ from study.reward_models import (
     right_pad,
     score_ids,
 )
-from study.rm_train import (
-    encode_pairs,
-    head_moved,
-    resample_weights,
-    save_reward_model,
-    train_family,
-    train_reward_model,
-)
+from study.rm_train import save_reward_model, train_family
 from study.world.grammar import sample_instructions, sample_response
 from study.world.sft import build_policy
 from tests.conftest import ROOT

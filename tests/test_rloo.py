@@ -12,17 +12,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from study.aggregate import aggregate
+from study.config import RLOOConfig
 from study.generation import format_queries, left_pad
 from study.hub import load_tokenizer
 from study.proxy import HeadNormaliser, proxy_reward_fn
 from study.reward_models import build_reward_model, load_reward_model, right_pad
-from study.rloo import (
-    RLOOConfig,
-    count_positions_from_first_token,
-    make_reward_callable,
-    train_rloo,
-    untemplate,
-)
+from study.rloo import make_reward_callable, train_rloo
+from study.rloo_table import count_positions_from_first_token, untemplate
 from study.world.build import build_world
 from study.world.gold import COMPONENTS
 from tests.conftest import toy_params
