@@ -63,14 +63,27 @@ def build(work: Path, seeds: tuple[int, ...], placement: dict) -> Path:
     return root
 
 
-class GpuMemory:
-    """`nvidia-smi`'s used memory of GPU `index` (MiB), sampled every `every_s` seconds in a
-    thread, with the time of each sample; nothing where there is no `nvidia-smi`."""
+def physical_gpu(device: str, visible: str | None) -> str:
+    """The GPU `nvidia-smi -i` names for torch's `device` ('cuda' or 'cuda:N'), through
+    CUDA_VISIBLE_DEVICES (`visible`) where it is set: torch counts the visible GPUs only."""
+    index = int(device.partition(":")[2] or 0)
+    shown = [v.strip() for v in visible.split(",") if v.strip()] if visible else []
+    if not shown:
+        return str(index)
+    if index >= len(shown):
+        raise ValueError(f"--device {device}: CUDA_VISIBLE_DEVICES={visible} shows {len(shown)}")
+    return shown[index]
 
-    def __init__(self, index: int = 0, every_s: float = 0.25):
-        self.cmd = ["nvidia-smi", "-i", str(index), "--query-gpu=memory.used",
+
+class GpuMemory:
+    """`nvidia-smi`'s used memory of GPU `gpu` (MiB), sampled every `every_s` seconds in a thread,
+    with the time of each sample; nothing where there is no `nvidia-smi`. A reading that fails
+    stops the sampling and is kept in `error`."""
+
+    def __init__(self, gpu: str = "0", every_s: float = 0.25):
+        self.cmd = ["nvidia-smi", "-i", gpu, "--query-gpu=memory.used",
                     "--format=csv,noheader,nounits"]  # fmt: skip
-        self.every_s, self.samples = every_s, []
+        self.every_s, self.samples, self.error = every_s, [], None
         self.available = shutil.which("nvidia-smi") is not None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -81,7 +94,11 @@ class GpuMemory:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.time(), self.read()))
+            try:
+                self.samples.append((time.time(), self.read()))
+            except (subprocess.CalledProcessError, ValueError, IndexError) as e:
+                self.error = f"{' '.join(self.cmd)}: {e}"
+                return
             self._stop.wait(self.every_s)
 
     def __enter__(self) -> GpuMemory:
@@ -113,17 +130,20 @@ def per_stage(timings: list[dict], t0: float, samples: list[tuple[float, float]]
 
 
 def compare_claims(reference: pd.DataFrame, here: pd.DataFrame) -> pd.DataFrame:
-    """Each claim (claim and measure) of either table: its measured value and verdict in both, and
-    whether the verdict differs. A claim only one table has is a row with the other side empty."""
+    """Each claim of either table: its measured value and verdict in both, and whether the verdict
+    differs. Rows are matched by claim and measure, and where several rows share those (the
+    minimum against the mean and against the maximum), by their order among them. A claim only
+    one table has is a row with the other side empty."""
     key = ["claim", "measure"]
     for name, df in (("reference", reference), ("this run", here)):
         missing = {*key, "measured", "verdict"} - set(df.columns)
         if missing:
             raise ValueError(f"the {name}'s claims table lacks the columns {sorted(missing)}")
     cols = [*key, "measured", "verdict"]
-    out = reference[cols].merge(here[cols], on=key, how="outer", suffixes=("_cpu", "_here"))
+    a, b = (df[cols].assign(nth=df.groupby(key).cumcount()) for df in (reference, here))
+    out = a.merge(b, on=[*key, "nth"], how="outer", suffixes=("_cpu", "_here"))
     out["verdict_differs"] = out["verdict_cpu"] != out["verdict_here"]
-    return out
+    return out.drop(columns="nth")
 
 
 def main() -> int:
@@ -141,6 +161,12 @@ def main() -> int:
     ap.add_argument("--write-reference", action="store_true",
                     help=f"write this run's claims to --reference ({REFERENCE.relative_to(ROOT)})")  # fmt: skip
     args = ap.parse_args()
+    # the run changes into the project: every path given is taken from here, before it does
+    args.work, args.out, args.reference = (
+        p.resolve() for p in (args.work, args.out, args.reference)
+    )
+    if args.write_reference and args.device != "cpu":
+        ap.error("--write-reference: the reference is the CPU run's (--device cpu)")
     seeds = tuple(int(s) for s in args.seeds.split(","))
     placement = {"device": args.device, "dtype": args.dtype,
                  "gradient_checkpointing": args.checkpointing}  # fmt: skip
@@ -166,8 +192,10 @@ def main() -> int:
     run = plan(stages, stale, ["report"])
     print(f"{len(run)} stages of a smoke project (seeds {args.seeds}) on {args.cores} core(s), "
           f"placement {placement}", flush=True)  # fmt: skip
-    with GpuMemory() as gpu:
-        t0 = time.time()
+    cuda = args.device.startswith("cuda")
+    gpu_index = physical_gpu(args.device, os.environ.get("CUDA_VISIBLE_DEVICES")) if cuda else "0"
+    with GpuMemory(gpu_index) as gpu:
+        t0 = time.time()  # the engine's clock starts within milliseconds of this one
         try:
             timings = execute(stages, run, args.cores, force=True)
         except RuntimeError as e:  # names the stage that failed and its log
@@ -186,6 +214,8 @@ def main() -> int:
         print(f"; peak GPU memory {max(u for _, u in gpu.samples) - gpu.idle:.0f} MiB above idle")
     else:
         print("; no nvidia-smi: GPU memory not sampled")
+    if gpu.error:
+        print(f"warning: GPU memory sampling stopped early, peaks are low: {gpu.error}")
     if args.write_reference:
         args.reference.parent.mkdir(parents=True, exist_ok=True)
         here.to_csv(args.reference, index=False)

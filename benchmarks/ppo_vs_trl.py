@@ -17,7 +17,7 @@ same (from our rollout's mask; on TRL's side from what its reward model is given
 
 What one step counts, timed in the process that runs it, after `--warmup` steps:
 
-* **ours** (`study.ppo_train`, the loop body of `train_ppo`), in two sides that differ only in
+* **ours** (a step of `study.ppo_train`'s run, its update in `study.ppo_step`), in two sides that differ only in
   the value model (`ppo.value_model`): `ours`, the study's default, a value head on the policy's
   trunk; `ours_separate`, a critic with its own copy of the trunk, TRL's design (its head starts
   from the same weights as TRL's value head). Each: draw and format the prompts,

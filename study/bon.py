@@ -1,4 +1,5 @@
-"""Best-of-n: the analytic KL and the unbiased estimator of the gold score of the pick."""
+"""Best-of-n: the analytic KL, the unbiased estimator of the gold score of the pick, and what the
+claims read of a curve (its gold at the largest n, whether it turns over)."""
 
 from __future__ import annotations
 

@@ -205,5 +205,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
 
 
+__all__ = ["export_reward_model", "heldout_accuracy", "model_card"]
+
+
 if __name__ == "__main__":
     main()

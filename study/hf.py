@@ -171,7 +171,7 @@ def checkpoint_max_length(path: Path, model: RewardModel) -> int | None:
 def load_bundle(path: str | Path, tokenizer: bool = True, vectorize: bool = True) -> RewardBundle:
     """A reward checkpoint of any family with what the study reads beside it.
 
-    A directory with ``reward.json`` (written by `export_reward_model`) gives its aggregation and
+    A directory with ``reward.json`` (written by `study.export.export_reward_model`) gives its aggregation and
     normaliser; a reward-model directory of the pipeline without one loads with the minimum and
     no normaliser. `tokenizer`: load the tokenizer saved beside the model (a reward function needs
     it; the model alone does not). `vectorize`: score an ensemble's members with one vmap (True)
@@ -223,6 +223,12 @@ def load_bundle(path: str | Path, tokenizer: bool = True, vectorize: bool = True
 def load_reward_model(path: str | Path, vectorize: bool = True) -> RewardModel:
     """The reward model of a checkpoint directory, any family: `.rewards(ids, mask)` is (K, B)."""
     return load_bundle(path, tokenizer=False, vectorize=vectorize).model
+
+
+if __name__ == "__main__":  # a library: the command that writes such directories is elsewhere
+    raise SystemExit(
+        "study.hf has no command; a reward model exports with: python -m study.export ARM SEED OUT"
+    )
 
 
 __all__ = [

@@ -204,3 +204,6 @@ def reward_fn(
     return RewardFunction(
         bundle, aggregate, normalise, uwo_lambda, batch_size, name, policy_tokenizer
     )
+
+
+__all__ = ["RewardCallInfo", "RewardFunction", "reward_fn"]

@@ -14,7 +14,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gpu_check import compare_claims, per_stage  # noqa: E402
+from gpu_check import REFERENCE, compare_claims, per_stage, physical_gpu  # noqa: E402
 
 
 def test_each_stage_gets_the_peak_of_the_samples_taken_while_it_ran():
@@ -66,6 +66,32 @@ def test_claims_are_matched_by_claim_and_measure_and_verdicts_compared():
     assert int(diff["verdict_differs"].sum()) == 2
 
 
+def test_rows_sharing_claim_and_measure_are_matched_in_order():
+    """The minimum against the mean and against the maximum share their claim and measure."""
+    ref = pd.DataFrame({"claim": ["c", "c"], "measure": ["ECE", "ECE"], "measured": ["vs mean", "vs max"],
+                        "verdict": ["supported", "inconclusive"]})  # fmt: skip
+    here = ref.assign(verdict=["supported", "supported"])
+    diff = compare_claims(ref, here)
+    assert len(diff) == 2
+    assert diff["measured_here"].tolist() == ["vs mean", "vs max"]
+    assert diff["verdict_differs"].tolist() == [False, True]
+
+
+def test_the_committed_reference_against_itself_differs_nowhere():
+    ref = pd.read_csv(REFERENCE, keep_default_na=False)
+    diff = compare_claims(ref, ref)
+    assert len(diff) == len(ref) and not diff["verdict_differs"].any()
+
+
+def test_the_gpu_sampled_is_the_one_torch_uses():
+    assert physical_gpu("cuda", None) == "0"
+    assert physical_gpu("cuda:1", "") == "1"
+    assert physical_gpu("cuda", "3,5") == "3"
+    assert physical_gpu("cuda:1", "3, 5") == "5"
+    with pytest.raises(ValueError, match="shows 1"):
+        physical_gpu("cuda:1", "2")
+
+
 def test_a_claims_table_without_verdicts_is_named():
     ok = pd.DataFrame(
         {"claim": ["a"], "measure": ["m"], "measured": ["1"], "verdict": ["supported"]}
@@ -87,4 +113,14 @@ def test_cuda_on_a_machine_without_it_stops_before_building(tmp_path):
     )  # fmt: skip
     assert done.returncode == 1
     assert "placement.device: 'cuda'" in done.stderr and "no CUDA device" in done.stderr
+    assert not (tmp_path / "work").exists()
+
+
+def test_the_reference_is_written_from_the_cpu_only(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/gpu_check.py"), "--device", "cuda",
+         "--write-reference", "--work", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "--device cpu" in done.stderr
     assert not (tmp_path / "work").exists()

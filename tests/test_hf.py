@@ -359,3 +359,14 @@ def test_the_export_command_reads_the_pipeline_and_its_ppo_normaliser(
     with pytest.raises(SystemExit):
         main(["multihead", "7", str(tmp_path / "x"), "--root", str(tmp_path)])
     assert "no reward model" in capsys.readouterr().err
+
+
+def test_study_hf_as_a_command_points_to_the_export_command():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    done = subprocess.run([sys.executable, "-m", "study.hf", "export", "multihead", "0", "out"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1 and "python -m study.export ARM SEED OUT" in done.stderr
