@@ -3,6 +3,7 @@
     python benchmarks/two_nodes.py [--work /tmp/two_nodes]
     python benchmarks/two_nodes.py --engines 2            # the same 13 stages, local loop vs Ray
     python benchmarks/two_nodes.py --engines 1 --whole    # the four-seed smoke pipeline, both engines
+    python benchmarks/two_nodes.py --engines 1 --whole --first ray --append   # the other order
 
 Builds a smoke project (seeds 0 and 5 of every seed axis, one torch thread per stage), runs its
 world stage, then runs the headline's model stages of seed 0 (a reward model of every headline
@@ -80,7 +81,7 @@ def _time(root: Path, nodes: int) -> tuple[float, list[dict]]:
         cluster.shutdown()
 
 
-def _engines(root: Path, repeats: int, whole: bool) -> list[dict]:
+def _engines(root: Path, repeats: int, whole: bool, first: str = "local") -> list[dict]:
     """The same stages on this machine's 2 cores under the local loop and under Ray, alternately:
     the headline's 13 model stages of seed 0, or (`whole`) every stage after the world. Each run
     starts from the same dvc.lock, so neither engine pays for a longer lock than the other."""
@@ -91,7 +92,8 @@ def _engines(root: Path, repeats: int, whole: bool) -> list[dict]:
     lock = (root / "dvc.lock").read_bytes()
     rows = []
     for i in range(repeats):
-        for engine in ("local", "ray") if i % 2 == 0 else ("ray", "local"):
+        order = ("local", "ray") if first == "local" else ("ray", "local")
+        for engine in order if i % 2 == 0 else order[::-1]:
             (root / "dvc.lock").write_bytes(lock)
             stages, stale = load_stages(root, params)
             if whole:
@@ -126,6 +128,17 @@ def main() -> int:
     ap.add_argument("--whole", action="store_true",
                     help="with --engines: every stage of a four-seed smoke project (seeds 0, 1, 5, "
                          "6, as the tests run it), not 13 (results/bench/engines_smoke_whole.csv)")  # fmt: skip
+    ap.add_argument(
+        "--first",
+        choices=["local", "ray"],
+        default="local",
+        help="with --engines: the engine of each pair's first run (default local)",
+    )
+    ap.add_argument(
+        "--append",
+        action="store_true",
+        help="with --engines: add the rows to the table instead of replacing it",
+    )
     args = ap.parse_args()
     os.environ["PATH"] = (
         f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # papermill
@@ -133,7 +146,12 @@ def main() -> int:
     root = _project(args.work, {0, 1, 5, 6} if args.whole else {0, 5})
     if args.engines:
         out = args.out.with_name("engines_smoke_whole.csv" if args.whole else "engines_smoke.csv")
-        pd.DataFrame(_engines(root, args.engines, args.whole)).to_csv(out, index=False)
+        rows = pd.DataFrame(_engines(root, args.engines, args.whole, args.first))
+        if args.append and out.exists():  # a later invocation: its pairs numbered after these
+            before = pd.read_csv(out)
+            rows["repeat"] += before["repeat"].max() + 1
+            rows = pd.concat([before, rows], ignore_index=True)
+        rows.to_csv(out, index=False)
         return 0
     rows = []
     for nodes in (1, 2):
