@@ -20,7 +20,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from study.config import PlacementConfig, load_params  # noqa: E402
+from study.config import load_params  # noqa: E402
+from study.config.run import PlacementConfig  # noqa: E402
 from study.device import Placement  # noqa: E402
 from study.ppo_train import run_ppo_stage  # noqa: E402
 from study.rm_train import run_reward_stage  # noqa: E402

@@ -176,7 +176,8 @@ def main() -> int:
         )
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
 
-    from study.config import ConfigError, PlacementConfig, load_params
+    from study.config import ConfigError, load_params
+    from study.config.run import PlacementConfig
     from study.device import resolve
     from study.engines import execute
     from study.stage_graph import load_stages, plan

@@ -29,7 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from study.config import PlacementConfig, load_params  # noqa: E402
+from study.config import load_params  # noqa: E402
+from study.config.run import PlacementConfig  # noqa: E402
 
 FAMILIES = ("multihead", "ensemble", "multihead-laplace", "ensemble-dropout", "ensemble-lora")
 VARIANTS = ("multihead_min", "ensemble_min")

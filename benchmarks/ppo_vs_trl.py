@@ -178,7 +178,7 @@ def run_ours(work: Path, out: Path, side: str = "ours") -> None:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from study.actor_critic import ActorCritic
-    from study.config import SamplingConfig
+    from study.config.world import SamplingConfig
     from study.generation import format_queries, sample
     from study.hub import load_tokenizer
     from study.ppo_step import make_optimizer, make_rollout, ppo_update, set_learning_rates

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from study.config import SFTConfig
+from study.config.world import SFTConfig
 from study.export import export_reward_model
 from study.reward_models import build_reward_model, score_ids
 from study.rm_train import save_reward_model

@@ -85,14 +85,13 @@ def score_bon_samples(
     ids = torch.cat([s.query_ids, s.response_ids], 1)
     mask = torch.cat([s.query_mask, s.response_mask], 1)
     width = int(s.query_ids.shape[1] + s.response_mask.sum(1).max())
-    ids, mask = ids[:, :width], mask[:, :width]
+    every = Scored(ids[:, :width], mask[:, :width], repeated, s.texts, s.finished)
     frames, score_seconds = [], {}
     batch = params.reward.eval_batch_size
     for family in families:
         for seed in seeds:
             reward_fn = family_reward_fn(params, family, seed, tokenizer, rm_root, placement)
             t0 = time.perf_counter()
-            every = Scored(ids, mask, repeated, s.texts, s.finished)
             heads = _score(reward_fn, every, batch, placement, f"scoring {family} s{seed}",
                            progress)  # fmt: skip
             score_seconds[f"{family}/seed{seed}"] = time.perf_counter() - t0

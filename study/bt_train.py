@@ -20,7 +20,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from study import data_parallel
-from study.config import RewardConfig
+from study.config.reward import RewardConfig
 from study.device import CPU, Placement, on
 from study.optim import length_grouped_batches, warmup_cosine
 from study.reward_models import (

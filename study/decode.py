@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2LMHeadModel, PreTrainedModel
 
-from study.config import SamplingConfig
+from study.config.world import SamplingConfig
 
 _ACTIVATIONS = {
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),

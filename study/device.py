@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from study.config import ConfigError, PlacementConfig
+from study.config import ConfigError
+from study.config.run import PlacementConfig
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

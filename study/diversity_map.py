@@ -20,9 +20,9 @@ import pandas as pd
 from scipy import stats
 
 from study.analysis import require_columns, run_summaries
-from study.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, table
 from study.runs import RESULTS, read_runs
 from study.stats import mean_ci
+from study.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, table
 
 EVAL_COLUMNS = ("variant", "seed", "step", "kl", "proxy", "gold", "head_corr")
 

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from study.config import SamplingConfig
+from study.config.world import SamplingConfig
 from study.decode import gpt2_sample, supports
 from study.device import CPU, Placement
 

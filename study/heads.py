@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from study.analysis import REQUIRED, require_columns, run_summaries
-from study.claims import Claim, compare, paired_values, table
 from study.rm_eval import accuracy_table, head_diversity, rewards_from_frame
+from study.verdicts import Claim, compare, paired_values, table
 
 
 def rm_summary(val_rewards: pd.DataFrame, val_pairs: pd.DataFrame, uwo_lambda: float) -> dict:

@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 
 from study.analysis import REQUIRED, require_columns, run_summaries
-from study.claims import COSTE, Claim, compare, paired_values, table
+from study.claims import COSTE
 from study.rm_eval import calibration, rewards_from_frame
 from study.stats import mean_ci
+from study.verdicts import Claim, compare, paired_values, table
 
 FAMILIES = ("single", "multihead", "ensemble")
 

@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 
 from study.analysis import require_columns
-from study.claims import AHMED, COSTE, Claim, ppo_row, table
-from study.config import RewardConfig
+from study.claims import AHMED, COSTE, ppo_row
+from study.config.reward import RewardConfig
 from study.io import require
 from study.stats import mean_ci
+from study.verdicts import Claim, table
 
 
 def variant_of(arm: str) -> str:

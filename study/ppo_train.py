@@ -23,7 +23,8 @@ from study import data_parallel
 from study.actor_critic import ActorCritic, policy_forward
 from study.aggregate import aggregate, head_correlation
 from study.checkpoint import load_checkpoint, run_fingerprint, tables_from_bytes, tables_to_bytes
-from study.config import Params, SamplingConfig
+from study.config import Params
+from study.config.world import SamplingConfig
 from study.device import checkpoint_activations, on, resolve
 from study.generation import format_queries, sample
 from study.hub import load_tokenizer, make_gold

@@ -16,7 +16,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from study.aggregate import METHODS
-from study.config import Params, SamplingConfig
+from study.config import Params
+from study.config.world import SamplingConfig
 from study.device import CPU, Placement, on
 from study.generation import Samples, format_queries, sample
 from study.hub import load_tokenizer

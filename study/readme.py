@@ -1,7 +1,7 @@
 """The result tables of the README and of docs/results.md, generated from the committed result
 files, never typed.
 
-Blocks of those pages (`PAGES`) between `<!-- generated: NAME -->` and `<!-- /generated: NAME -->`
+Blocks of those pages (`study.pages.PAGES`) between `<!-- generated: NAME -->` and `<!-- /generated: NAME -->`
 are rewritten by `python -m study.readme` from the tables the pipeline wrote (and git carries):
 the claims, gold at matched KL run by run, the aggregations, the number of heads, the cheap arms,
 the replication, the reward models and the world (`SOURCES`). A test holds the pages to them.
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from study.pages import write_pages
 from study.stats import mean_ci
 
 HEADLINE = ("single", "ensemble_min", "ensemble-k1_min", "multihead_min", "multihead-3ep_min",
@@ -366,50 +367,7 @@ def blocks(root: str | Path = ".") -> dict[str, str]:
     return out
 
 
-PATTERN = r"(<!-- generated: {name} -->)\n(.*?)\n?(<!-- /generated: {name} -->)"
-
-
-def rewrite(text: str, new: dict[str, str], missing: Callable[[str], None] | None = None) -> str:
-    """`text` with the body of every `<!-- generated: NAME -->` block in `new` replaced."""
-    for name, body in new.items():
-        pattern = re.compile(PATTERN.format(name=re.escape(name)), re.S)
-        if not pattern.search(text):
-            if missing:
-                missing(name)
-            continue
-        text = pattern.sub(lambda m, b=body: f"{m.group(1)}\n{b}\n{m.group(3)}", text)
-    return text
-
-
-def generated(text: str, name: str) -> str | None:
-    """The body of the block `name` in `text` (None when the text has no such block)."""
-    m = re.search(PATTERN.format(name=re.escape(name)), text, re.S)
-    return m.group(2) if m else None
-
-
-# the pages whose generated blocks this module writes: the README (the front page) and the
-# results in full (docs/results.md); each block lives on one of them
-PAGES = ("README.md", "docs/results.md")
-
-
-def write_pages(root: str | Path = ".") -> dict[str, list[str]]:
-    """Rewrite every generated block of every page under `root`; {page: the blocks it holds}.
-    A block that no page holds is an error naming it (before any page is written)."""
-    root = Path(root)
-    made = blocks(root)
-    texts = {page: (root / page).read_text() for page in PAGES}
-    held = {
-        page: [n for n in made if generated(text, n) is not None] for page, text in texts.items()
-    }
-    homeless = [n for n in made if not any(n in names for names in held.values())]
-    if homeless:
-        raise ValueError(f"no page of {PAGES} holds the generated block(s) {homeless}: add "
-                         f"<!-- generated: NAME --> <!-- /generated: NAME --> to one of them")  # fmt: skip
-    for page, text in texts.items():
-        (root / page).write_text(rewrite(text, {n: made[n] for n in held[page]}))
-    return held
-
-
 if __name__ == "__main__":
-    for page, names in write_pages(Path(sys.argv[1] if len(sys.argv) > 1 else ".")).items():
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
+    for page, names in write_pages(root, blocks(root)).items():
         print(f"{page}: {', '.join(names) or 'no generated block'}")

@@ -50,7 +50,8 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from transformers.trainer_callback import PrinterCallback
 
 from study.aggregate import aggregate
-from study.config import ConfigError, Params, RLOOConfig
+from study.config import ConfigError, Params
+from study.config.policy import RLOOConfig
 from study.device import Placement, resolve
 from study.generation import format_queries, left_pad
 from study.hf import load_bundle

@@ -23,7 +23,8 @@ from transformers import PreTrainedTokenizerBase
 
 from study import data_parallel
 from study.bt_train import EncodedPairs, encode_pairs, train_reward_model
-from study.config import Params, RewardConfig, with_override
+from study.config import Params, with_override
+from study.config.reward import RewardConfig
 from study.device import CPU, Placement, resolve
 from study.hub import load_tokenizer
 from study.io import atomic_path, provenance, write_json, write_table

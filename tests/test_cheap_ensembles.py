@@ -15,7 +15,7 @@ from study.cheap_ensembles import (
     lora_members,
     pooled_features,
 )
-from study.config import SFTConfig
+from study.config.world import SFTConfig
 from study.reward_models import EnsembleRewardModel, build_reward_model, right_pad
 from study.world.sft import build_policy
 

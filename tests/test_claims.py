@@ -9,19 +9,19 @@ import pandas as pd
 import pytest
 
 from study.bon import bon_final_table, bon_turnover
-from study.claims import (
+from study.claims import build_claims
+from study.config import ConfigError, load_params, with_overrides
+from study.stats import welch_diff
+from study.verdicts import (
     INCONCLUSIVE,
     NOT_SUPPORTED,
     SUPPORTED,
-    build_claims,
     compare,
     paired_values,
     verdict_better,
     verdict_count,
     verdict_parity,
 )
-from study.config import ConfigError, load_params, with_overrides
-from study.stats import welch_diff
 from tests.conftest import ROOT
 
 

@@ -20,7 +20,7 @@ def write(tmp_path, raw):
 def test_repository_params_load_every_profile(profile):
     params = load_params(ROOT / "params.yaml", profile)
     assert params.profile == profile
-    from study.config import PreferencesConfig
+    from study.config.world import PreferencesConfig
 
     assert params.preferences.flip_rate == PreferencesConfig().flip_rate  # no profile changes it
 
@@ -28,7 +28,7 @@ def test_repository_params_load_every_profile(profile):
 def test_profile_overrides_apply_on_top_of_default():
     smoke = load_params(ROOT / "params.yaml", "smoke")
     assert smoke.sft.steps == RAW["smoke"]["sft"]["steps"]
-    from study.config import SFTConfig
+    from study.config.world import SFTConfig
 
     assert smoke.sft.lr == SFTConfig().lr  # not overridden: the declared default
     assert load_params(ROOT / "params.yaml", "paper").sources.tokenizer == "policy"
@@ -153,9 +153,10 @@ def test_every_field_is_documented():
 
 
 def test_a_profile_needs_only_what_it_changes(tmp_path):
-    """Defaults are declared once, in study/config.py: a file without a default block, or with
+    """Defaults are declared once, in study/config/: a file without a default block, or with
     an empty one, resolves to them, and a value in the file overrides its default."""
-    from study.config import PPOConfig, RewardConfig
+    from study.config.policy import PPOConfig
+    from study.config.reward import RewardConfig
 
     p = load_params(write(tmp_path, {"profile": "default"}))
     assert p.ppo == PPOConfig() and p.reward == RewardConfig()

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from study.config import ConfigError, PlacementConfig, params_from_dict
+from study.config import ConfigError, params_from_dict
+from study.config.run import PlacementConfig
 from tests.conftest import toy_params
 
 pytestmark = pytest.mark.processes

@@ -7,7 +7,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from study.config import SamplingConfig
+from study.config.world import SamplingConfig
 from study.decode import filter_logits, gpt2_hidden_stream, gpt2_sample, supports
 from study.generation import left_pad, sample
 
@@ -92,7 +92,7 @@ def test_draws_equal_those_of_generate_with_the_same_seed(cfg):
 
 
 def test_sample_uses_it_for_gpt2_only_and_names_a_bad_decoder(tokenizer):
-    from study.config import SFTConfig
+    from study.config.world import SFTConfig
     from study.world.sft import build_policy
 
     policy = build_policy(SFTConfig(n_layer=1, n_embd=32, n_head=2, max_length=64), tokenizer, 0)

@@ -13,7 +13,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from study.config import ConfigError, PlacementConfig, load_params, params_from_dict, write_resolved
+from study.config import ConfigError, load_params, params_from_dict, write_resolved
+from study.config.run import PlacementConfig
 from study.device import CPU, Placement, checkpoint_activations, model_device, on, resolve
 from study.io import provenance
 from tests.conftest import ROOT, toy_params

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from study.config import SamplingConfig, SFTConfig
+from study.config.world import SamplingConfig, SFTConfig
 from study.generation import first_true_indices, format_queries, left_pad, sample, truncate_at_eos
 from study.world.sft import build_policy
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from study.config import GoldConfig
+from study.config.world import GoldConfig
 from study.world.gold import COMPONENTS, EmbeddedGold, gold_components
 
 CFG = GoldConfig()

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from study.config import WorldConfig
+from study.config.world import WorldConfig
 from study.world.grammar import (
     TOPICS,
     Instruction,

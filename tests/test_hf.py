@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import study
-from study.config import SFTConfig
+from study.config.world import SFTConfig
 from study.export import export_reward_model
 from study.hf import MANIFEST, RewardCheckpointError, load_bundle, read_manifest
 from study.reward_models import EnsembleRewardModel, build_reward_model

@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2ForSequenceClassification
 
-from study.config import SFTConfig, params_from_dict
+from study.config import params_from_dict
+from study.config.world import SFTConfig
 from study.hub import HubGold, load_policy, load_table, load_tokenizer
 from study.io import MissingArtifactError
 from study.preferences import load_preferences

@@ -53,7 +53,7 @@ def test_each_cheap_arm_gets_a_paired_claim_against_single_and_the_ensemble():
 
 
 def test_training_cost_reads_each_runs_seconds_and_counts_encoder_epochs(tmp_path):
-    from study.config import RewardConfig
+    from study.config.reward import RewardConfig
     from study.io import MissingArtifactError
 
     for arm, seconds in (("single", 10.0), ("ensemble", 150.0), ("ensemble-lora", 40.0)):

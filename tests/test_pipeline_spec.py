@@ -337,7 +337,7 @@ def test_every_stage_reads_its_params_from_the_resolved_active_profile():
 
     from study.config import RESOLVED, load_params
 
-    assert DVC[RESOLVE]["deps"] == ["params.yaml", "study/config.py"]
+    assert DVC[RESOLVE]["deps"] == ["params.yaml", "study/config"]
     for name, stage in DVC.items():
         stage = stage.get("do", stage)
         for entry in stage.get("params", []):

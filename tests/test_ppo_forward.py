@@ -100,7 +100,7 @@ def test_a_bad_value_model_is_named():
 def test_a_toy_ppo_run_keeps_losses_finite_and_changes_the_weights(tokenizer, value_model):
     import copy
 
-    from study.config import SamplingConfig, SFTConfig
+    from study.config.world import SamplingConfig, SFTConfig
     from study.generation import format_queries, sample
     from study.ppo_step import make_optimizer, make_rollout, ppo_update
     from study.proxy import HeadNormaliser

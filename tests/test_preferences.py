@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study.config import GoldConfig
+from study.config.world import GoldConfig
 from study.preferences import (
     PreferenceDataError,
     assign_splits,

@@ -5,15 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from study.readme import (
-    PAGES,
-    blocks,
-    claims_block,
-    generated,
-    matched_kl_block,
-    rewrite,
-    write_pages,
-)
+from study.pages import PAGES, generated, rewrite, write_pages
+from study.readme import blocks, claims_block, matched_kl_block
 from tests.conftest import ROOT
 
 
@@ -34,7 +27,7 @@ def test_write_pages_names_a_block_no_page_holds_and_writes_nothing(tmp_path):
             "<!-- generated: claims -->\nold\n<!-- /generated: claims -->\n"
         )
     with pytest.raises(ValueError, match="holds the generated block"):
-        write_pages(tmp_path)
+        write_pages(tmp_path, blocks(tmp_path))
     assert all("old" in (tmp_path / page).read_text() for page in PAGES)
 
 

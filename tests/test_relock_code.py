@@ -109,7 +109,7 @@ def test_check_dvc_yaml_passes_a_rewrite_of_the_text_and_names_a_changed_stage(t
 
 
 def test_a_default_changed_in_the_code_is_refused(tmp_path):
-    """A default of study/config.py is a param, not code: if params.resolved.yaml is not what the
+    """A default of study/config/ is a param, not code: if params.resolved.yaml is not what the
     code resolves now, relocking would keep results made with the old value."""
     sys.path.insert(0, str(ROOT / "tools"))
     from relock_code import _stale_resolved_params
@@ -122,7 +122,7 @@ def test_a_default_changed_in_the_code_is_refused(tmp_path):
     old = resolved.read_text()
     resolved.write_text(old.replace("equivalence_margin: 0.2", "equivalence_margin: 0.3"))
     assert resolved.read_text() != old
-    assert "not what params.yaml and study/config.py resolve to" in _stale_resolved_params(tmp_path)
+    assert "not what params.yaml and study/config/ resolve to" in _stale_resolved_params(tmp_path)
 
 
 def test_the_lock_records_the_code_of_this_tree():

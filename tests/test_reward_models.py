@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from study.bt_train import encode_pairs, head_moved, resample_weights, train_reward_model
-from study.config import SFTConfig, load_params
+from study.config import load_params
+from study.config.world import SFTConfig
 from study.generation import left_pad
 from study.modeling_reward import init_heads
 from study.reward_models import (

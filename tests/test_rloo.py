@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from study.aggregate import aggregate
-from study.config import RLOOConfig
+from study.config.policy import RLOOConfig
 from study.generation import format_queries, left_pad
 from study.hub import load_tokenizer
 from study.proxy import HeadNormaliser, proxy_reward_fn

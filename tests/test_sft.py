@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from study.config import SFTConfig
+from study.config.world import SFTConfig
 from study.generation import format_queries
 from study.world.sft import (
     IGNORE,

@@ -11,7 +11,7 @@ This tool rewrites each entry's code dependencies (the paths under `study/`) as 
 now, adds those `dvc.yaml` has come to declare and drops those it no longer declares. Everything
 else stays as recorded: the command, the params, the data dependencies and the outputs. Any other
 difference is refused: a changed command, changed param values (a default changed in
-`study/config.py` included: `params.resolved.yaml` must be what the code resolves now), a new data
+`study/config/` included: `params.resolved.yaml` must be what the code resolves now), a new data
 dependency, or an output added or removed. The result is the entry `dvc commit` would write were
 the outputs here. Entries are written in place by DVC's own dumper (`study.lockfile.splice`).
 """
@@ -81,7 +81,7 @@ def relocked(name: str, stage: Any, old: dict[str, Any]) -> dict[str, Any]:
 
 def _stale_resolved_params(root: Path) -> str | None:
     """Why `params.resolved.yaml` is not what `params.yaml` and the declared defaults of
-    `study/config.py` resolve to now (a default changed with the code), or None. The stages read
+    `study/config/` resolve to now (a default changed with the code), or None. The stages read
     their params from that file, so a stale one would let a changed default pass as code."""
     import tempfile
 
@@ -97,7 +97,7 @@ def _stale_resolved_params(root: Path) -> str | None:
             (root / "params.resolved.yaml").read_text()
         ):
             return None
-    return ("params.resolved.yaml is not what params.yaml and study/config.py resolve to now (a "
+    return ("params.resolved.yaml is not what params.yaml and study/config/ resolve to now (a "
             "changed default?); rerun its stage (dvc repro resolve_params) and the stages it "
             "changes")  # fmt: skip
 

@@ -37,7 +37,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from study.config import GoldConfig
+from study.config.world import GoldConfig
 from study.world.grammar import (
     STOP,
     TONE_OF,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from study.config import WorldConfig
+from study.config.world import WorldConfig
 
 TOPICS: dict[str, tuple[str, ...]] = {
     "ocean": (

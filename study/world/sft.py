@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
-from study.config import SFTConfig
+from study.config.world import SFTConfig
 from study.device import CPU, Placement, on
 from study.optim import length_grouped_batches, warmup_cosine
 
