@@ -94,10 +94,3 @@ def heads_claims(sweep: pd.DataFrame, level: float, margin: float) -> pd.DataFra
                                 f"PPO gold at KL {level:g}", f"{family} K=3", a, hi, b,
                                 "parity", margin, paired=True, all_seeds=True))  # fmt: skip
     return table(rows)
-
-
-def finite_or_none(x: Any) -> Any:
-    """JSON has no NaN: a value that is not finite (a KL level never reached) becomes null."""
-    if isinstance(x, float | np.floating):
-        return float(x) if np.isfinite(x) else None
-    return x

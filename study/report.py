@@ -23,23 +23,6 @@ def example_steps(evals: pd.DataFrame, kl_levels: Sequence[float]) -> list[int]:
     return sorted(steps)
 
 
-def rloo_summary(log: pd.DataFrame, window: int = 10) -> dict[str, float]:
-    """Gold, proxy and KL of an RLOO run over its first and last `window` rollouts, and the best
-    `window`-rollout mean of gold."""
-    require_columns(log, ("step", "kl", "proxy", "gold"), "RLOO log")
-    log = log.sort_values("step")
-    head, tail = log.head(window), log.tail(window)
-    return {
-        "steps": len(log),
-        "gold_first": float(head["gold"].mean()),
-        "gold_best": float(log["gold"].rolling(window, min_periods=1).mean().max()),
-        "gold_last": float(tail["gold"].mean()),
-        "kl_last": float(tail["kl"].mean()),
-        "proxy_first": float(head["proxy"].mean()),
-        "proxy_last": float(tail["proxy"].mean()),
-    }
-
-
 def headline_metrics(
     runs: pd.DataFrame, bon: pd.DataFrame, claims: pd.DataFrame, kl_levels: Sequence[float]
 ) -> dict:

@@ -33,7 +33,7 @@ def build_policy(cfg: SFTConfig, tokenizer: PreTrainedTokenizerBase, seed: int) 
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         # GPT-2's tanh approximation of GELU as one fused kernel: the same function as
-        # "gelu_new", 25% faster for the reward models and PPO on a CPU
+        # "gelu_new", which composes it from several
         activation_function="gelu_pytorch_tanh",
     )
     model = GPT2LMHeadModel(config)
