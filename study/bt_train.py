@@ -73,6 +73,11 @@ def encode_pairs(
     return pairs
 
 
+def member_seed(base_seed: int, seed: int, member: int) -> int:
+    """The seed of one member (or of a multi-head model, member 0) of one replicate `seed`."""
+    return int(np.random.SeedSequence([base_seed, seed, member]).generate_state(1)[0])
+
+
 def resample_weights(n: int, k: int, mode: str, generator: torch.Generator) -> torch.Tensor:
     """Per-head weights (K, N) of the N training pairs.
 

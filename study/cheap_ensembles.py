@@ -39,12 +39,11 @@ import torch
 import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
-from study.bt_train import EncodedPairs, train_reward_model
+from study.bt_train import EncodedPairs, member_seed, train_reward_model
 from study.config.reward import RewardConfig
 from study.device import CPU, Placement, on
 from study.modeling_reward import MultiHeadRewardModel
 from study.reward_models import EnsembleRewardModel, build_reward_model, right_pad
-from study.rm_train import member_seed
 
 
 @torch.no_grad()

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from study.bt_train import bt_step
+from study.bt_train import bt_step, member_seed
 from study.config import Params, load_params
 from study.device import CPU, Placement, on, resolve
 from study.optim import length_grouped_batches
@@ -45,7 +45,7 @@ from study.reward_models import (
     num_parameters,
     right_pad,
 )
-from study.rm_train import load_pairs, member_seed, reward_tokenizer
+from study.rm_train import load_pairs, reward_tokenizer
 
 WARMUP_STEPS = 3
 COST_FAMILIES = ("multihead", "ensemble")

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from study import data_parallel
-from study.bt_train import EncodedPairs, encode_pairs, train_reward_model
+from study.bt_train import EncodedPairs, encode_pairs, member_seed, train_reward_model
+from study.cheap_ensembles import dropout_members, laplace_heads, lora_members
 from study.config import Params, with_override
 from study.config.reward import RewardConfig
 from study.device import CPU, Placement, resolve
@@ -40,11 +40,6 @@ from study.reward_models import (
 from study.rm_eval import accuracy_table, head_diversity, rewards_frame
 
 TRAINING_FILE = "training.json"
-
-
-def member_seed(base_seed: int, seed: int, member: int) -> int:
-    """The seed of one member (or of a multi-head model, member 0) of one replicate `seed`."""
-    return int(np.random.SeedSequence([base_seed, seed, member]).generate_state(1)[0])
 
 
 def train_family(
@@ -107,8 +102,6 @@ def _cheap_family(
     """K reward functions from one trained model (`reward.uncertainty`, study.cheap_ensembles):
     a single-head model trained for `epochs_single` epochs, then its Laplace heads (a multi-head
     model) or its dropout members (an ensemble); or K LoRA members on one frozen encoder."""
-    from study.cheap_ensembles import dropout_members, laplace_heads, lora_members
-
     if cfg.uncertainty == "lora":
         return lora_members(cfg, policy_dir, pairs, base_seed, seed, pad_id, rank=cfg.lora_rank,
                             progress=progress, max_steps=max_steps, placement=placement)  # fmt: skip
