@@ -190,3 +190,28 @@ def test_a_bad_override_of_an_arm_names_the_arm_and_the_key():
     reward = dataclasses.replace(params.reward, arms=arms)
     with pytest.raises(ConfigError, match=r"reward\.arms\.multihead-k0 'k=0': reward\.k: must be"):
         dataclasses.replace(params, reward=reward)
+
+
+def test_every_arm_resolves_to_the_section_it_trains_with_and_alone(tmp_path):
+    """`params.resolved.yaml`'s `arms`: each family and named arm as {family, every reward field
+    with its overrides}; adding an arm changes no other arm's entry, a change to a shared field
+    (reward.lr) changes every one."""
+    from study.config import write_resolved
+
+    def arms(default: dict) -> dict:
+        path = tmp_path / "p.yaml"
+        path.write_text(yaml.safe_dump({"profile": "default", "default": default}))
+        return yaml.safe_load(write_resolved(path, tmp_path / "r.yaml").read_text())["arms"]
+
+    base = arms({})
+    assert base["single"]["family"] == "single" and "arms" not in base["single"]
+    # multihead-3ep is the multi-head family with one override (the declared default arms)
+    by_hand = {**base["multihead"], "epochs_multihead": 3}
+    assert base["multihead-3ep"] == by_hand
+    assert base["ensemble"] == {**base["single"], "family": "ensemble"}
+    new = {"multihead-wide": {"family": "multihead", "overrides": ["head_init_std=0.5"]}}
+    added = arms({"reward": {"arms": {**load_params(ROOT / "params.yaml").reward.arms, **new}}})
+    assert {k: v for k, v in added.items() if k != "multihead-wide"} == base
+    assert added["multihead-wide"] == {**base["multihead"], "head_init_std": 0.5}
+    faster = arms({"reward": {"lr": 1e-3}})
+    assert all(faster[name] != base[name] for name in base)

@@ -345,8 +345,27 @@ def test_every_stage_reads_its_params_from_the_resolved_active_profile():
             assert "profile" in entry[RESOLVED], name
     resolved = yaml.safe_load((ROOT / RESOLVED).read_text())
     p = load_params(ROOT / "params.yaml")
-    expected = {**p.to_dict(), "placement": dataclasses.asdict(p.placement)}
+    arms = {}
+    for name in ("single", "multihead", "ensemble", *p.reward.arms):
+        family, cfg = p.reward.arm(name)
+        arms[name] = {"family": family, **{k: v for k, v in dataclasses.asdict(cfg).items()
+                                           if k != "arms"}}  # fmt: skip
+    expected = {**p.to_dict(), "arms": arms, "placement": dataclasses.asdict(p.placement)}
     assert resolved == yaml.safe_load(yaml.safe_dump(expected))
+
+
+def test_a_reward_model_stage_declares_its_own_arm_and_no_stage_the_whole_reward_section():
+    """Adding or changing one arm of reward.arms leaves every other arm's stages up to date: a
+    reward-model stage declares its arm's resolved section, and no stage declares `reward` whole
+    (which holds every arm)."""
+    from study.config import RESOLVED
+
+    for name, stage in DVC.items():
+        stage = stage.get("do", stage)
+        keys = [k for e in stage.get("params", []) for k in e.get(RESOLVED, [])]
+        assert "reward" not in keys, name
+        if "notebooks/02_reward_models.ipynb" in stage["cmd"]:
+            assert "arms.${item.family}" in keys, name
 
 
 def test_an_edit_to_an_inactive_profile_leaves_the_resolved_params_byte_identical(tmp_path):

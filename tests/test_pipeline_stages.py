@@ -135,6 +135,35 @@ def test_a_second_repro_runs_nothing_and_notebooks_open_read_only(project):
     assert "up to date" in status.stdout, status.stdout
 
 
+def test_a_new_arm_leaves_every_stage_up_to_date_and_a_changed_one_only_its_own(project):
+    """Each reward-model stage declares its own arm (`arms.<name>` of params.resolved.yaml): an arm
+    added to params.yaml makes nothing stale but resolve_params; an arm's changed override makes
+    its reward models and what reads them stale, and no other arm's."""
+    root, run = project
+    original = (root / "params.yaml").read_text()
+    raw = yaml.safe_load(original)
+    arms = load_params(root / "params.yaml", "smoke").reward.arms
+    try:
+        wide = {"family": "multihead", "overrides": ["head_init_std=0.5"]}
+        raw["smoke"]["reward"]["arms"] = {**arms, "multihead-wide": wide}
+        (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        assert run("dvc", "repro", "--single-item", "resolve_params").returncode == 0
+        status = run("dvc", "status")
+        assert "up to date" in status.stdout, status.stdout
+        changed = {**arms["multihead-3ep"], "overrides": ["epochs_multihead=2"]}
+        raw["smoke"]["reward"]["arms"] = {**arms, "multihead-3ep": changed}
+        (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        assert run("dvc", "repro", "--single-item", "resolve_params").returncode == 0
+        stale = [line.rstrip(":") for line in run("dvc", "status").stdout.splitlines()
+                 if line and not line.startswith((" ", "\t"))]  # fmt: skip
+        assert {f"rm@multihead-3ep-{s}" for s in SEEDS} <= set(stale), stale
+        assert not [s for s in stale if s.startswith("rm@") and "multihead-3ep" not in s], stale
+    finally:
+        (root / "params.yaml").write_text(original)
+        assert run("dvc", "repro", "--single-item", "resolve_params").returncode == 0
+    assert "up to date" in run("dvc", "status").stdout
+
+
 def test_toy_ppo_on_the_smoke_world_resumes_to_the_same_tables(project, tmp_path):
     from study.config import load_params
     from study.ppo_train import train_ppo

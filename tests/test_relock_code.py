@@ -133,3 +133,45 @@ def test_the_lock_records_the_code_of_this_tree():
     assert done.stdout.startswith("0 of ") and "entries with new code hashes" in done.stdout, (
         done.stdout
     )
+
+
+@pytest.mark.processes
+def test_a_narrower_params_declaration_is_recorded_only_with_the_values_it_ran_with(project):
+    """A stage that declares a part of what it declared (x.a of x) is relocked with that part's
+    value; a key it never recorded, or a part whose value moved since, is refused."""
+    (project / "params.resolved.yaml").write_text("x: {a: 1, b: 2}\ny: 3\n")
+    _run(project, "-m", "dvc", "repro", "-q")
+    (project / "params.resolved.yaml").write_text("x: {a: 1, b: 5}\ny: 3\n")  # b moved, a not
+    (project / "dvc.yaml").write_text(STAGES.replace("[x]", "[x.a]"))
+    done = _relock(project)
+    assert done.returncode == 0 and "2 of them declare other params" in done.stdout, done.stdout
+    assert "up to date" in _run(project, "-m", "dvc", "status").stdout
+    (project / "dvc.yaml").write_text(STAGES.replace("[x]", "[x.a, y]"))
+    assert "refused: a@0: its params changed (y was not recorded)" in _relock(project).stdout
+    (project / "params.resolved.yaml").write_text("x: {a: 4, b: 5}\ny: 3\n")
+    (project / "dvc.yaml").write_text(STAGES.replace("[x]", "[x.a]"))
+    assert "refused: a@0: its params changed (x.a)" in _relock(project).stdout
+
+
+def test_an_arm_section_is_resolved_from_the_recorded_reward_section():
+    """`arms.<name>` of a stage that recorded the whole `reward` (every arm) is that arm resolved
+    from the recorded values: equal to the arm as resolved now when nothing moved, not equal
+    once a shared field (reward.lr) did."""
+    import dataclasses
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from relock_code import _plain, _value_when_run
+
+    from study.config import resolved_arms
+    from study.config.reward import RewardConfig
+
+    reward = RewardConfig()
+    recorded = {"reward": _plain(dataclasses.asdict(reward)), "run": {"seed": 0}}
+    now = resolved_arms(reward)
+    for arm in ("single", "multihead-3ep", "ensemble-lora"):
+        assert _plain(_value_when_run(recorded, f"arms.{arm}")) == _plain(now[arm])
+    assert _value_when_run(recorded, "run.seed") == 0
+    moved = resolved_arms(dataclasses.replace(reward, lr=1e-3))
+    assert _plain(_value_when_run(recorded, "arms.multihead-3ep")) != _plain(moved["multihead-3ep"])
+    with pytest.raises(KeyError):
+        _value_when_run(recorded, "ppo.lr")

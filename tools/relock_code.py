@@ -9,16 +9,20 @@ revisions on this machine and compares every weight file and table), rerunning t
 of stages would only write the same bytes again, and its models may not be on this machine at all.
 This tool rewrites each entry's code dependencies (the paths under `study/`) as DVC hashes them
 now, adds those `dvc.yaml` has come to declare and drops those it no longer declares. Everything
-else stays as recorded: the command, the params, the data dependencies and the outputs. Any other
-difference is refused: a changed command, changed param values (a default changed in
-`study/config/` included: `params.resolved.yaml` must be what the code resolves now), a new data
-dependency, or an output added or removed. The result is the entry `dvc commit` would write were
+else stays as recorded: the command, the data dependencies and the outputs. A stage that declares
+other params than it recorded (a narrower declaration: `arms.<name>` for the whole `reward`) is
+rewritten only where every key it declares now has the value it had when the stage ran: the
+recorded value of a key it declared then, or, for an arm's resolved section, that arm resolved
+from the recorded `reward`. Any other difference is refused: a changed command, changed param
+values (a default changed in `study/config/` included: `params.resolved.yaml` must be what the
+code resolves now), a new data dependency, or an output added or removed. The result is the entry `dvc commit` would write were
 the outputs here. Entries are written in place by DVC's own dumper (`study.lockfile.splice`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,50 @@ def _code_dep(dep: Any) -> dict[str, Any]:
     return out
 
 
+def _plain(value: Any) -> Any:
+    """A parsed YAML value as plain JSON types (tuples as lists, ruamel's types as builtins)."""
+    return json.loads(json.dumps(value))
+
+
+def _at(value: Any, path: list[str]) -> Any:
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(part)
+        value = value[part]
+    return value
+
+
+def _value_when_run(recorded: dict[str, Any], key: str) -> Any:
+    """What param `key` (dotted) was when the stage ran, from the values it recorded then: under
+    a key it declared, or an arm's section resolved from the recorded `reward`; KeyError if the
+    record does not say."""
+    for old_key, value in recorded.items():
+        if key == old_key or key.startswith(old_key + "."):
+            return _at(value, key.split(".")[len(old_key.split(".")) :])
+    section, _, arm = key.partition(".")
+    if section == "arms" and arm and "reward" in recorded:
+        from study.config import resolved_arms
+        from study.config.base import _section
+        from study.config.reward import RewardConfig
+
+        reward = _section(RewardConfig, _plain(recorded["reward"]), "the recorded reward")
+        return resolved_arms(reward)[arm]
+    raise KeyError(key)
+
+
+def _params_as_run(name: str, now: dict[str, Any], old: dict[str, Any]) -> None:
+    """Refuse unless every param the stage declares now has the value it had when it ran."""
+    for path, values in now.items():
+        for key, value in values.items():
+            try:
+                then = _value_when_run(old.get(path, {}), key)
+            except KeyError:
+                raise Refused(f"{name}: its params changed ({key} was not recorded); rerun it "
+                              f"(dvc repro {name})") from None  # fmt: skip
+            if _plain(then) != _plain(value):
+                raise Refused(f"{name}: its params changed ({key}); rerun it (dvc repro {name})")
+
+
 def relocked(name: str, stage: Any, old: dict[str, Any]) -> dict[str, Any]:
     """`old` (the lock data of `stage`) with its code dependencies hashed now; `Refused` where
     anything else differs from what `dvc.yaml` and the params declare."""
@@ -55,8 +103,9 @@ def relocked(name: str, stage: Any, old: dict[str, Any]) -> dict[str, Any]:
     params = [d for d in stage.deps if isinstance(d, ParamsDependency)]
     for p in params:
         p.save()
-    if _serialize_params_values(params) != old.get("params", {}):
-        raise Refused(f"{name}: its params changed; rerun it (dvc repro {name})")
+    now = _serialize_params_values(params)
+    if now != old.get("params", {}):
+        _params_as_run(name, now, old.get("params", {}))
     if sorted(o.def_path for o in stage.outs) != sorted(o["path"] for o in old.get("outs", [])):
         raise Refused(f"{name}: its outputs changed; rerun it (dvc repro {name})")
     recorded = {d["path"]: d for d in old.get("deps", [])}
@@ -74,6 +123,8 @@ def relocked(name: str, stage: Any, old: dict[str, Any]) -> dict[str, Any]:
     if any(not p.startswith(CODE) for p in dropped):
         raise Refused(f"{name}: data dependencies dropped ({dropped}); rerun it (dvc repro {name})")
     new = dict(old)
+    if now != old.get("params", {}):
+        new["params"] = now
     if deps or "deps" in old:
         new["deps"] = deps
     return {k: new[k] for k in ("cmd", "deps", "params", "outs") if k in new}
@@ -141,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{len(entries)} of {len(lock)} entries with new code hashes: {', '.join(changed) or '-'}"
     )
+    declared = [n for n in entries if entries[n].get("params") != lock[n].get("params")]
+    if declared:
+        print(f"{len(declared)} of them declare other params, each with the value it ran with")
     if refused:
         return 1
     if args.check or not entries:

@@ -62,6 +62,7 @@ __all__ = [
     "describe",
     "load_params",
     "params_from_dict",
+    "resolved_arms",
     "with_override",
     "with_overrides",
     "write_resolved",
@@ -253,13 +254,31 @@ def describe() -> str:
 RESOLVED = "params.resolved.yaml"
 
 
+def resolved_arms(reward: RewardConfig) -> dict[str, dict[str, Any]]:
+    """Every reward-model arm (the three families and each named arm of `reward.arms`) as the
+    section it trains with: {name: {family, every field of `reward` with the arm's overrides}}.
+    A reward-model stage declares only its own arm's entry, so that adding or changing one arm
+    leaves every other arm's models up to date."""
+    out = {}
+    for name in ("single", "multihead", "ensemble", *reward.arms):
+        family, cfg = reward.arm(name)
+        section = dataclasses.asdict(cfg)
+        del section["arms"]  # an arm's section holds no arms (RewardConfig.arm)
+        out[name] = {"family": family, **section}
+    return out
+
+
 def write_resolved(params_path: str | Path = "params.yaml", out: str | Path = RESOLVED) -> Path:
     """The active profile of `params_path`, validated (every profile is) and resolved, written as
-    one mapping of sections: what the pipeline's stages declare as their params, so that a stage
-    depends on the values it runs with, and an edit to a profile that is not active changes
-    nothing it reads."""
+    one mapping of sections, and every reward-model arm resolved (`arms`, `resolved_arms`): what
+    the pipeline's stages declare as their params, so that a stage depends on the values it runs
+    with, and an edit to a profile that is not active changes nothing it reads."""
     p = load_params(params_path)
-    resolved = {**p.to_dict(), "placement": dataclasses.asdict(p.placement)}
+    resolved = {
+        **p.to_dict(),
+        "arms": resolved_arms(p.reward),
+        "placement": dataclasses.asdict(p.placement),
+    }
     body = yaml.safe_dump(resolved, sort_keys=False)
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
