@@ -192,6 +192,16 @@ def test_a_bad_override_of_an_arm_names_the_arm_and_the_key():
         dataclasses.replace(params, reward=reward)
 
 
+@pytest.mark.parametrize("name", ["multihead-std0.5", "multihead_wide", "wide", "ensemble-x"])
+def test_an_arm_name_is_its_family_and_a_tag_without_a_dot(name):
+    """'<family>-<tag>' of the arm's own family, without '_' (variants are '<arm>_<aggregate>')
+    or '.' (a stage declares its arm as the dotted param arms.<name>)."""
+    raw = copy.deepcopy(RAW)
+    raw["default"]["reward"] = {"arms": {name: {"family": "multihead", "overrides": []}}}
+    with pytest.raises(ConfigError, match=rf"reward\.arms\.{name}: family must be .* or '\.'"):
+        params_from_dict(raw)
+
+
 def test_every_arm_resolves_to_the_section_it_trains_with_and_alone(tmp_path):
     """`params.resolved.yaml`'s `arms`: each family and named arm as {family, every reward field
     with its overrides}; adding an arm changes no other arm's entry, a change to a shared field

@@ -366,6 +366,8 @@ def test_a_reward_model_stage_declares_its_own_arm_and_no_stage_the_whole_reward
         assert "reward" not in keys, name
         if "notebooks/02_reward_models.ipynb" in stage["cmd"]:
             assert "arms.${item.family}" in keys, name
+        if name in ("rm_diversity", "rm_cost"):  # the two base sections they train on
+            assert {"arms.multihead", "arms.ensemble"} <= set(keys), name
 
 
 def test_an_edit_to_an_inactive_profile_leaves_the_resolved_params_byte_identical(tmp_path):

@@ -138,18 +138,21 @@ def test_the_lock_records_the_code_of_this_tree():
 @pytest.mark.processes
 def test_a_narrower_params_declaration_is_recorded_only_with_the_values_it_ran_with(project):
     """A stage that declares a part of what it declared (x.a of x) is relocked with that part's
-    value; a key it never recorded, or a part whose value moved since, is refused."""
+    value, when nothing it declared then has moved; a key it never recorded, a dropped part that
+    moved since the run, or a declared part that moved, is refused."""
     (project / "params.resolved.yaml").write_text("x: {a: 1, b: 2}\ny: 3\n")
     _run(project, "-m", "dvc", "repro", "-q")
+    (project / "dvc.yaml").write_text(STAGES.replace("[x]", "[x.a]"))
     (project / "params.resolved.yaml").write_text("x: {a: 1, b: 5}\ny: 3\n")  # b moved, a not
+    assert "refused: a@0: its params changed (x, no longer declared" in _relock(project).stdout
+    (project / "params.resolved.yaml").write_text("x: {a: 1, b: 2}\ny: 3\n")
+    (project / "dvc.yaml").write_text(STAGES.replace("[x]", "[x.a, y]"))
+    assert "refused: a@0: its params changed (y was not recorded)" in _relock(project).stdout
     (project / "dvc.yaml").write_text(STAGES.replace("[x]", "[x.a]"))
     done = _relock(project)
     assert done.returncode == 0 and "2 of them declare other params" in done.stdout, done.stdout
     assert "up to date" in _run(project, "-m", "dvc", "status").stdout
-    (project / "dvc.yaml").write_text(STAGES.replace("[x]", "[x.a, y]"))
-    assert "refused: a@0: its params changed (y was not recorded)" in _relock(project).stdout
-    (project / "params.resolved.yaml").write_text("x: {a: 4, b: 5}\ny: 3\n")
-    (project / "dvc.yaml").write_text(STAGES.replace("[x]", "[x.a]"))
+    (project / "params.resolved.yaml").write_text("x: {a: 4, b: 2}\ny: 3\n")
     assert "refused: a@0: its params changed (x.a)" in _relock(project).stdout
 
 
@@ -175,3 +178,12 @@ def test_an_arm_section_is_resolved_from_the_recorded_reward_section():
     assert _plain(_value_when_run(recorded, "arms.multihead-3ep")) != _plain(moved["multihead-3ep"])
     with pytest.raises(KeyError):
         _value_when_run(recorded, "ppo.lr")
+    with pytest.raises(KeyError):
+        _value_when_run(recorded, "arms.no-such-arm")
+    # a field the record lacks (added to the code since the run) would take today's default
+    partial = {"reward": {k: v for k, v in recorded["reward"].items() if k != "lora_rank"}}
+    with pytest.raises(KeyError):
+        _value_when_run(partial, "arms.ensemble-lora")
+    unknown = {"reward": {**recorded["reward"], "removed_field": 1}}
+    with pytest.raises(KeyError):
+        _value_when_run(unknown, "arms.single")

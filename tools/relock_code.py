@@ -11,9 +11,10 @@ This tool rewrites each entry's code dependencies (the paths under `study/`) as 
 now, adds those `dvc.yaml` has come to declare and drops those it no longer declares. Everything
 else stays as recorded: the command, the data dependencies and the outputs. A stage that declares
 other params than it recorded (a narrower declaration: `arms.<name>` for the whole `reward`) is
-rewritten only where every key it declares now has the value it had when the stage ran: the
+rewritten only where every key it declares now has the value it had when the stage ran (the
 recorded value of a key it declared then, or, for an arm's resolved section, that arm resolved
-from the recorded `reward`. Any other difference is refused: a changed command, changed param
+from the recorded `reward`, every field of which was recorded), and every key it no longer
+declares still has its recorded value. Any other difference is refused: a changed command, changed param
 values (a default changed in `study/config/` included: `params.resolved.yaml` must be what the
 code resolves now), a new data dependency, or an output added or removed. The result is the entry `dvc commit` would write were
 the outputs here. Entries are written in place by DVC's own dumper (`study.lockfile.splice`).
@@ -70,17 +71,35 @@ def _value_when_run(recorded: dict[str, Any], key: str) -> Any:
             return _at(value, key.split(".")[len(old_key.split(".")) :])
     section, _, arm = key.partition(".")
     if section == "arms" and arm and "reward" in recorded:
+        import dataclasses
+
         from study.config import resolved_arms
-        from study.config.base import _section
+        from study.config.base import ConfigError, _section
         from study.config.reward import RewardConfig
 
-        reward = _section(RewardConfig, _plain(recorded["reward"]), "the recorded reward")
-        return resolved_arms(reward)[arm]
+        reward = _plain(recorded["reward"])
+        # every field recorded: a field added to the code since would take today's default
+        if set(reward) != {f.name for f in dataclasses.fields(RewardConfig)}:
+            raise KeyError(key)
+        try:
+            arms = resolved_arms(_section(RewardConfig, reward, "the recorded reward"))
+        except ConfigError:
+            raise KeyError(key) from None
+        if arm in arms:
+            return arms[arm]
     raise KeyError(key)
 
 
-def _params_as_run(name: str, now: dict[str, Any], old: dict[str, Any]) -> None:
-    """Refuse unless every param the stage declares now has the value it had when it ran."""
+def _current(root: Path, path: str, key: str) -> Any:
+    """The value of param `key` (dotted) in the params file `path` under `root` now."""
+    import yaml
+
+    return _at(yaml.safe_load((root / path).read_text()), key.split("."))
+
+
+def _params_as_run(name: str, now: dict[str, Any], old: dict[str, Any], root: Path) -> None:
+    """Refuse unless every param the stage declares now has the value it had when it ran, and
+    every param it declared then and no longer does still has its recorded value."""
     for path, values in now.items():
         for key, value in values.items():
             try:
@@ -90,6 +109,17 @@ def _params_as_run(name: str, now: dict[str, Any], old: dict[str, Any]) -> None:
                               f"(dvc repro {name})") from None  # fmt: skip
             if _plain(then) != _plain(value):
                 raise Refused(f"{name}: its params changed ({key}); rerun it (dvc repro {name})")
+    for path, values in old.items():
+        for key, value in values.items():
+            if key in now.get(path, {}):
+                continue
+            try:
+                moved = _plain(_current(root, path, key)) != _plain(value)
+            except (KeyError, OSError):
+                moved = True
+            if moved:
+                raise Refused(f"{name}: its params changed ({key}, no longer declared, moved "
+                              f"since the run); rerun it (dvc repro {name})")  # fmt: skip
 
 
 def relocked(name: str, stage: Any, old: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +135,7 @@ def relocked(name: str, stage: Any, old: dict[str, Any]) -> dict[str, Any]:
         p.save()
     now = _serialize_params_values(params)
     if now != old.get("params", {}):
-        _params_as_run(name, now, old.get("params", {}))
+        _params_as_run(name, now, old.get("params", {}), Path(stage.repo.root_dir))
     if sorted(o.def_path for o in stage.outs) != sorted(o["path"] for o in old.get("outs", [])):
         raise Refused(f"{name}: its outputs changed; rerun it (dvc repro {name})")
     recorded = {d["path"]: d for d in old.get("deps", [])}

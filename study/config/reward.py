@@ -151,10 +151,10 @@ class RewardConfig:
             _check(
                 arm["family"] in ("single", "multihead", "ensemble")
                 and str(name).startswith(f"{arm['family']}-")
-                and "_" not in str(name),
+                and not {"_", "."} & set(str(name)),
                 where,
                 "family must be single, multihead or ensemble, and the name '<family>-<tag>' "
-                "without '_'",
+                "without '_' or '.' (a stage declares its arm as the param arms.<name>)",
             )
             _check(
                 isinstance(arm["overrides"], list)
