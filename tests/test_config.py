@@ -177,7 +177,7 @@ def test_a_stage_can_run_every_arm_on_its_own_section(profile):
     # a stage running an arm builds Params on the arm's section (study.rm_train); the other
     # arms' overrides must not land on top of it (a Laplace arm under `k=1` of an ensemble arm)
     params = load_params(ROOT / "params.yaml", profile)
-    for name in params.reward.arms:
+    for name in ("single", "multihead", "ensemble", *params.reward.arms):
         family, cfg = params.reward.arm(name)
         assert cfg.arms == {}
         rebuilt = dataclasses.replace(params, reward=cfg)

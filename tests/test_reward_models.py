@@ -270,7 +270,7 @@ def test_a_named_arm_trains_as_its_family_with_its_overrides(policy_dir, pairs, 
     family, cfg = reward_cfg.arm("multihead-authors")
     assert family == "multihead"
     assert (cfg.head_init, cfg.head_lr_mult, cfg.epochs_multihead) == ("linear", 0.01, 3)
-    assert reward_cfg.arm("ensemble") == ("ensemble", reward_cfg)
+    assert reward_cfg.arm("ensemble") == ("ensemble", dataclasses.replace(reward_cfg, arms={}))
     with pytest.raises(ValueError, match="unknown"):
         reward_cfg.arm("multihead-nope")
     bad = {"multihead-x": {"family": "multihead", "overrides": ["stepz=3"]}}

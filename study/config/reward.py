@@ -176,14 +176,15 @@ class RewardConfig:
 
     def arm(self, name: str) -> tuple[str, RewardConfig]:
         """(family, this section with the arm's overrides) of a family or a named arm."""
-        if name in ("single", "multihead", "ensemble"):
-            return name, self
-        if name not in self.arms:
+        if name not in ("single", "multihead", "ensemble", *self.arms):
             known = ", ".join(["single", "multihead", "ensemble", *self.arms])
             raise ConfigError(f"reward arm {name!r}: unknown (known: {known})")
         # an arm is a leaf: its section holds no arms, so that a Params built on it (a stage
-        # running the arm) does not apply the other arms' overrides on top of this one's
+        # running the arm) neither applies the other arms' overrides on top of this one's nor
+        # records them (a stage declares its own arm alone: params.resolved.yaml's arms.<name>)
         cfg = dataclasses.replace(self, arms={})
+        if name in ("single", "multihead", "ensemble"):
+            return name, cfg
         for option in self.arms[name]["overrides"]:
             cfg = with_override(cfg, option, f"reward.arms.{name}")
         family = self.arms[name]["family"]
