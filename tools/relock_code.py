@@ -14,10 +14,11 @@ other params than it recorded (a narrower declaration: `arms.<name>` for the who
 rewritten only where every key it declares now has the value it had when the stage ran (the
 recorded value of a key it declared then, or, for an arm's resolved section, that arm resolved
 from the recorded `reward`, every field of which was recorded), and every key it no longer
-declares still has its recorded value. Any other difference is refused: a changed command, changed param
-values (a default changed in `study/config/` included: `params.resolved.yaml` must be what the
-code resolves now), a new data dependency, or an output added or removed. The result is the entry `dvc commit` would write were
-the outputs here. Entries are written in place by DVC's own dumper (`study.lockfile.splice`).
+declares still has its recorded value. Any other difference is refused: a changed command,
+changed param values (a default changed in `study/config/` included: `params.resolved.yaml` must
+be what the code resolves now), a new data dependency, or an output added or removed. The result
+is the entry `dvc commit` would write were the outputs here. Entries are written in place by
+DVC's own dumper (`study.lockfile.splice`).
 """
 
 from __future__ import annotations
