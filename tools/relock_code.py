@@ -24,6 +24,7 @@ DVC's own dumper (`study.lockfile.splice`).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -91,11 +92,17 @@ def _value_when_run(recorded: dict[str, Any], key: str) -> Any:
     raise KeyError(key)
 
 
-def _current(root: Path, path: str, key: str) -> Any:
-    """The value of param `key` (dotted) in the params file `path` under `root` now."""
+@functools.cache
+def _params_file(root: Path, path: str) -> Any:
+    """The params file `path` under `root` as it is now, parsed once per run of the tool."""
     import yaml
 
-    return _at(yaml.safe_load((root / path).read_text()), key.split("."))
+    return yaml.safe_load((root / path).read_text())
+
+
+def _current(root: Path, path: str, key: str) -> Any:
+    """The value of param `key` (dotted) in the params file `path` under `root` now."""
+    return _at(_params_file(root, path), key.split("."))
 
 
 def _params_as_run(name: str, now: dict[str, Any], old: dict[str, Any], root: Path) -> None:
