@@ -1,9 +1,9 @@
 """Benchmark: what one pipeline stage costs before it computes anything (the floor of a profile).
 
 Every stage of dvc.yaml is `dvc repro` running `papermill <notebook>` (a fresh Jupyter kernel,
-whose first code cell imports torch, transformers, pandas, matplotlib and the study's modules)
-and then `jupyter nbconvert --to html` of the executed notebook. None of that depends on the
-profile, so it is the least any profile can take per stage, smoke included. Each part is timed
+whose first code cell imports torch, transformers, pandas, matplotlib and the study's modules);
+the executed notebooks are rendered to HTML afterwards, all in one process (`study.render`). None
+of that depends on the profile, so it is the least any profile can take per stage, smoke included. Each part is timed
 on its own, in fresh processes, as the median of `--repeats`:
 
 * `papermill`: papermill executing a notebook of one parameters cell and one `pass` cell, wall
@@ -11,9 +11,10 @@ on its own, in fresh processes, as the median of `--repeats`:
 * `imports:<notebook>`: the modules that notebook's code cells import (the `import` and `from`
   lines of its source; IPython's are left out, the kernel has them), imported in a fresh
   interpreter and timed inside it.
-* `nbconvert:<notebook>`: `jupyter nbconvert --to html` of that notebook as the pipeline last
-  executed it (`reports/`, with its figures), wall clock; the one-cell notebook where there is
-  none.
+* `render:<notebook>`: rendering that notebook as the pipeline last executed it (`reports/`,
+  with its figures) to HTML with `study.render`'s exporter, in a process that has already
+  rendered one page (what each page costs in the runner's one rendering process); the one-cell
+  notebook where there is none.
 * `dvc:<notebook>`: `dvc repro --dry --single-item` of that notebook's first stage in this
   repository, wall clock: DVC's start, this pipeline's graph, the stage's deps and outs hashed
   (from DVC's state database) and its status decided, without running it. A stage that runs also
@@ -21,7 +22,7 @@ on its own, in fresh processes, as the median of `--repeats`:
 * `dvc status`: `dvc status` of the whole repository, wall clock, for scale (the runner reads it
   once per call).
 
-The floor of a stage is papermill + its notebook's imports, nbconvert and dvc, summed over the
+The floor of a stage is papermill + its notebook's imports, its page's rendering and dvc, summed over the
 stages of dvc.yaml (each read from its command's notebook): a lower bound, since it leaves out
 what DVC does after a command and what a kernel does between cells. It is the floor of stages run
 one at a time; two side by side on the 2-core machine were measured no faster (see the README).
@@ -40,7 +41,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -113,6 +113,22 @@ def one_cell_notebook(path: Path) -> None:
     nbformat.write(nb, path)
 
 
+def render_seconds(notebook: Path, repeats: int) -> float:
+    """Median seconds to render `notebook` to HTML with `study.render`'s exporter, in a process
+    that has rendered it once already (the runner renders every page in one process)."""
+    code = (
+        "import time, nbformat\nfrom nbconvert import HTMLExporter\n"
+        f"nb = nbformat.read({str(notebook)!r}, as_version=4)\nexporter = HTMLExporter()\n"
+        "exporter.from_notebook_node(nb)\ntimes = []\n"
+        f"for _ in range({repeats}):\n"
+        "    t = time.perf_counter()\n    exporter.from_notebook_node(nb)\n"
+        "    times.append(time.perf_counter() - t)\n"
+        "print(sorted(times)[len(times) // 2])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def gemm_gflops(threads: int) -> float:
     """fp32 GEMM throughput on `threads` threads (the PPO update's largest product)."""
     code = (
@@ -182,9 +198,7 @@ def main() -> None:
             [*papermill, "--cwd", str(work), "--log-level", "WARNING"], ROOT, args.repeats
         )
         record("papermill", kernel, "one parameters cell and one `pass` cell")
-        nbconvert = [str(BIN / "jupyter"), "nbconvert", "--to", "html", "--log-level", "WARN"]
-        nbconvert_out = ["--output-dir", str(work / "html")]
-        trivial_html = wall([*nbconvert, *nbconvert_out, str(work / "out.ipynb")], ROOT, 1)
+        trivial_html = render_seconds(work / "out.ipynb", args.repeats)
         record(
             "dvc status",
             wall([str(BIN / "dvc"), "status", "-q"], ROOT, args.repeats),
@@ -200,15 +214,14 @@ def main() -> None:
             record(f"imports:{Path(nb).stem}", imp, ", ".join(mods))
             executed = ROOT / report
             if executed.exists():
-                conv = wall([*nbconvert, *nbconvert_out, str(executed)], ROOT, args.repeats)
+                conv = render_seconds(executed, args.repeats)
                 what = f"{report} ({executed.stat().st_size // 1024} KiB)"
             else:
                 conv, what = trivial_html, f"{report} absent: the one-cell notebook"
-            record(f"nbconvert:{Path(nb).stem}", conv, what)
+            record(f"render:{Path(nb).stem}", conv, what)
             repro = wall([*dvc, stage], ROOT, args.repeats)
             record(f"dvc:{Path(nb).stem}", repro, f"dvc repro --dry --single-item {stage}")
             per_notebook[nb] = (imp, conv, repro)
-        shutil.rmtree(work / "html", ignore_errors=True)
 
     floors = pd.DataFrame(
         [{"stage": s, "notebook": Path(nb).stem, "seconds": kernel + sum(per_notebook[nb])}

@@ -23,7 +23,8 @@ a neighbour would disturb). Ready stages start in order of the longest chain of 
 run behind them, counted in the minutes that a stage may estimate in `meta: {minutes: <n>}` (1 if
 it does not), so the critical path goes first.
 
-Each stage's output goes to `.dvc/tmp/pipeline/<stage>.log`; `.dvc/tmp/pipeline/timings.csv`
+When the stages have finished, the executed notebooks they wrote are rendered to HTML in one
+process (`study.render`). Each stage's output goes to `.dvc/tmp/pipeline/<stage>.log`; `.dvc/tmp/pipeline/timings.csv`
 records when each started and ended (and on which Ray node). When a stage fails, nothing new
 starts, the stages already running finish (their results are kept), and the runner exits
 non-zero naming the stage and showing the end of its log. Ctrl-C and SIGTERM stop every running
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not run:
         print("Data and pipelines are up to date.")
-        return 0
+        return _render()
     prio = priorities(stages, run)
     where = f"the Ray cluster at {args.address}" if args.address else f"{args.cores} core(s)"
     print(f"{len(run)} stage(s) to run on {where} ({args.engine}):")
@@ -135,6 +136,21 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{len(run)} stage(s) in {(time.time() - t0) / 60:.1f} min; timings: {LOG_DIR / 'timings.csv'}"
     )
+    return _render()
+
+
+def _render() -> int:
+    """The executed notebooks' HTML pages, rendered once for the whole run (study.render)."""
+    from study.io import ArtifactError
+    from study.render import render
+
+    try:
+        pages = render()
+    except ArtifactError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if pages:
+        print(f"rendered {len(pages)} executed notebook(s) to HTML under reports/")
     return 0
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from study.analysis import require_columns
 from study.claims import matched_level
+from study.render import page_of
 
 
 def example_steps(evals: pd.DataFrame, kl_levels: Sequence[float]) -> list[int]:
@@ -45,12 +46,13 @@ def headline_metrics(
 
 
 def executed_pages(root: Path | str = ".") -> pd.DataFrame:
-    """Every executed notebook that a stage of `root`'s dvc.yaml renders to HTML under reports/
-    (DVC expands `foreach` and `matrix`), in the order of dvc.yaml: columns `stage` (the stage's
-    name before `@`), `item` (the part after it, '' for a plain stage) and `page` (the file name
-    under reports/). Read from the pipeline's declaration, not from the disk, so the list is the
-    same wherever the report is rendered. (DVC refuses dvc.yaml as a dependency: a stage added
-    to it joins the list when the report next runs.)"""
+    """The HTML page of every executed notebook that a stage of `root`'s dvc.yaml writes under
+    reports/ (DVC expands `foreach` and `matrix`; `study.render` renders the pages), in the order
+    of dvc.yaml: columns `stage` (the stage's name before `@`), `item` (the part after it, '' for
+    a plain stage) and `page` (the file name under reports/). Read from the pipeline's
+    declaration, not from the disk, so the list is the same wherever the report is rendered. (DVC
+    refuses dvc.yaml as a dependency: a stage added to it joins the list when the report next
+    runs.)"""
     from dvc.dvcfile import ProjectFile
     from dvc.repo import Repo
 
@@ -66,7 +68,7 @@ def executed_pages(root: Path | str = ".") -> pd.DataFrame:
     for name, stage in stages.items():
         for out in stage.get("outs", []):
             page = Path(next(iter(out)) if isinstance(out, dict) else out)
-            if page.parts[0] == "reports" and page.suffix == ".html" and page.name != "index.html":
+            if page.parts[0] == "reports" and page.suffix == ".ipynb" and name != "report":
                 rows.append({"stage": name.split("@")[0], "item": name.partition("@")[2],
-                             "page": page.name})  # fmt: skip
+                             "page": page_of(page.name)})  # fmt: skip
     return pd.DataFrame(rows, columns=["stage", "item", "page"])

@@ -28,7 +28,9 @@ STAGES = textwrap.dedent(
 
 
 def _run(root, *args, ok=True):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # the stages' `jupyter` is this environment's
+    path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": path}
     done = subprocess.run(
         [sys.executable, *args], cwd=root, capture_output=True, text=True, env=env
     )
@@ -90,6 +92,59 @@ def test_params_or_a_command_that_changed_are_refused_and_data_stays_stale(proje
     assert _relock(project).returncode == 0
     status = _run(project, "-m", "dvc", "status").stdout
     assert "in.txt" in status and "study/code.py" not in status
+
+
+RENDERED = textwrap.dedent(
+    """\
+    stages:
+      nb:
+        cmd: python make_nb.py reports/nb.ipynb && jupyter nbconvert --to html --log-level WARN reports/nb.ipynb
+        deps: [make_nb.py, study/code.py]
+        outs: [reports/nb.ipynb, reports/nb.html, table.txt]
+    """
+)
+MAKE_NB = (
+    "import sys, nbformat\n"
+    "nb = nbformat.v4.new_notebook()\n"
+    "nb.cells = [nbformat.v4.new_markdown_cell('a result')]\n"
+    "nbformat.write(nb, sys.argv[1])\n"
+    "open('table.txt', 'w').write('1\\n')\n"
+)
+
+
+@pytest.mark.processes
+def test_a_stage_that_no_longer_renders_its_notebook_is_recorded_as_dvc_commit_records_it(
+    tmp_path,
+):
+    root = tmp_path / "p"
+    (root / "study").mkdir(parents=True)
+    (root / "reports").mkdir()
+    _run(root, "-m", "dvc", "init", "--no-scm", "-q")
+    (root / "dvc.yaml").write_text(RENDERED)
+    (root / "make_nb.py").write_text(MAKE_NB)
+    (root / "study" / "code.py").write_text("A = 1\n")
+    _run(root, "-m", "dvc", "repro", "-q")
+    assert (root / "reports" / "nb.html").exists()
+    lock = (root / "dvc.lock").read_text()
+    # the page kept as an output, or another file converted: refused
+    unrendered = RENDERED.replace(
+        " && jupyter nbconvert --to html --log-level WARN reports/nb.ipynb", ""
+    )
+    (root / "dvc.yaml").write_text(unrendered)
+    assert "refused: nb: its outputs changed" in _relock(root).stdout
+    (root / "dvc.yaml").write_text(RENDERED.replace("WARN reports/nb.ipynb", "WARN table.txt"))
+    assert "refused: nb: its command changed" in _relock(root).stdout
+    assert (root / "dvc.lock").read_text() == lock
+    # the conversion gone with its page: the entry DVC itself records with the outputs here
+    (root / "dvc.yaml").write_text(unrendered.replace("reports/nb.html, ", ""))
+    reference = tmp_path / "reference"
+    shutil.copytree(root, reference)
+    _run(reference, "-m", "dvc", "commit", "-f", "-q")
+    done = _relock(root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 of them no longer render their notebook to HTML" in done.stdout
+    assert (root / "dvc.lock").read_text() == (reference / "dvc.lock").read_text()
+    assert "up to date" in _run(root, "-m", "dvc", "status").stdout
 
 
 @pytest.mark.processes

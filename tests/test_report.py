@@ -87,7 +87,7 @@ def test_headline_metrics_take_the_level_every_seed_reached():
     assert m["verdicts"] == {"inconclusive": 2, "supported": 1, "not supported": 1}
 
 
-def test_executed_pages_are_the_html_outs_dvc_yaml_declares_matrix_expanded(tmp_path):
+def test_executed_pages_are_the_executed_notebooks_dvc_yaml_declares_matrix_expanded(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
@@ -96,16 +96,18 @@ def test_executed_pages_are_the_html_outs_dvc_yaml_declares_matrix_expanded(tmp_
         "stages:\n"
         "  world:\n"
         "    cmd: echo\n"
-        "    outs: [reports/01_world.html, results/world.json]\n"
+        "    outs: [reports/01_world.ipynb, results/world.json]\n"
         "  ppo:\n"
         "    matrix: {arm: [single, ensemble], seed: [0, 1]}\n"
         "    cmd: echo\n"
         "    outs:\n"
-        "      - reports/03_${item.arm}_s${item.seed}.html\n"
         "      - reports/03_${item.arm}_s${item.seed}.ipynb\n"
+        "  open_questions:\n"
+        "    cmd: echo\n"
+        "    outs: [reports/13_open_questions.ipynb, reports/open_questions.html]\n"
         "  report:\n"
         "    cmd: echo\n"
-        "    outs: [reports/index.html]\n"
+        "    outs: [reports/08_report.ipynb, reports/index.html]\n"
     )
     dvc = Path(sys.executable).parent / "dvc"
     subprocess.run([str(dvc), "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
@@ -118,4 +120,7 @@ def test_executed_pages_are_the_html_outs_dvc_yaml_declares_matrix_expanded(tmp_
         {"stage": "ppo", "item": "single-1", "page": "03_single_s1.html"},
         {"stage": "ppo", "item": "ensemble-0", "page": "03_ensemble_s0.html"},
         {"stage": "ppo", "item": "ensemble-1", "page": "03_ensemble_s1.html"},
+        # a page its stage renders itself keeps its stage's name for it; the report links no page
+        # of its own
+        {"stage": "open_questions", "item": "", "page": "open_questions.html"},
     ]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from study.render import page_of
 from tests.conftest import ROOT
 
 # what a progress bar or a library warning leaves in an executed notebook's output
@@ -105,16 +106,17 @@ def check_report(path: Path, claims: pd.DataFrame, links_exist: bool) -> dict:
 
 
 def _executed_notebooks() -> set[str]:
-    """Every `reports/*.html` that a stage of dvc.yaml makes (foreach and matrix expanded by DVC)."""
+    """The page of every `reports/*.ipynb` that a stage of dvc.yaml makes (foreach and matrix
+    expanded by DVC), as `study.render` names it, and every page a stage renders itself."""
     from dvc.repo import Repo
 
     repo = Repo(str(ROOT))
     try:
+        outs = [Path(o.def_path) for s in repo.index.stages for o in s.outs]
         return {
-            str(Path(o.def_path))
-            for s in repo.index.stages
-            for o in s.outs
-            if str(o.def_path).startswith("reports/") and str(o.def_path).endswith(".html")
+            f"reports/{page_of(o.name) if o.suffix == '.ipynb' else o.name}"
+            for o in outs
+            if o.parts[0] == "reports" and o.suffix in (".ipynb", ".html")
         }
     finally:
         repo.close()

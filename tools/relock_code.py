@@ -14,8 +14,11 @@ other params than it recorded (a narrower declaration: `arms.<name>` for the who
 rewritten only where every key it declares now has the value it had when the stage ran (the
 recorded value of a key it declared then, or, for an arm's resolved section, that arm resolved
 from the recorded `reward`, every field of which was recorded), and every key it no longer
-declares still has its recorded value. Any other difference is refused: a changed command,
-changed param values (a default changed in `study/config/` included: `params.resolved.yaml` must
+declares still has its recorded value. A stage whose recorded command ended by converting its own
+executed notebook to HTML (`&& jupyter nbconvert --to html --log-level WARN <its notebook>`,
+which writes that page and nothing else) and whose page is no longer an output is recorded with
+its command and outputs now: every other output is what the shorter command makes. Any other
+difference is refused: a changed command, changed param values (a default changed in `study/config/` included: `params.resolved.yaml` must
 be what the code resolves now), a new data dependency, or an output added or removed. The result
 is the entry `dvc commit` would write were the outputs here. Entries are written in place by
 DVC's own dumper (`study.lockfile.splice`).
@@ -32,6 +35,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = "study/"
+# how a stage once converted its executed notebook to HTML at the end of its command
+RENDER = " && jupyter nbconvert --to html --log-level WARN "
 
 
 class Refused(RuntimeError):
@@ -130,21 +135,41 @@ def _params_as_run(name: str, now: dict[str, Any], old: dict[str, Any], root: Pa
                               f"since the run); rerun it (dvc repro {name})")  # fmt: skip
 
 
+def _unrendered(cmd: Any, old: dict[str, Any], outs: set[str]) -> str | None:
+    """The HTML page a stage no longer renders: its recorded command is `cmd` followed by the
+    conversion of one of its outputs `outs`, an executed notebook, to the page beside it; None
+    when the recorded command is not of that form."""
+    was = old.get("cmd")
+    if not isinstance(cmd, str) or not isinstance(was, str) or not was.startswith(cmd + RENDER):
+        return None
+    notebook = was[len(cmd + RENDER) :]
+    if notebook not in outs or not notebook.endswith(".ipynb"):
+        return None
+    return notebook.removesuffix(".ipynb") + ".html"
+
+
 def relocked(name: str, stage: Any, old: dict[str, Any]) -> dict[str, Any]:
     """`old` (the lock data of `stage`) with its code dependencies hashed now; `Refused` where
     anything else differs from what `dvc.yaml` and the params declare."""
     from dvc.dependency import ParamsDependency
     from dvc.stage.serialize import _serialize_params_values
 
+    outs = {o.def_path for o in stage.outs}
+    page = None
     if stage.cmd != old.get("cmd"):
-        raise Refused(f"{name}: its command changed; rerun it (dvc repro {name})")
+        page = _unrendered(stage.cmd, old, outs)
+        if page is None:
+            raise Refused(f"{name}: its command changed; rerun it (dvc repro {name})")
     params = [d for d in stage.deps if isinstance(d, ParamsDependency)]
     for p in params:
         p.save()
     now = _serialize_params_values(params)
     if now != old.get("params", {}):
         _params_as_run(name, now, old.get("params", {}), Path(stage.repo.root_dir))
-    if sorted(o.def_path for o in stage.outs) != sorted(o["path"] for o in old.get("outs", [])):
+    recorded_outs = [o["path"] for o in old.get("outs", [])]
+    if page is not None and page not in recorded_outs:
+        raise Refused(f"{name}: its command changed; rerun it (dvc repro {name})")
+    if sorted(outs) != sorted(p for p in recorded_outs if p != page):
         raise Refused(f"{name}: its outputs changed; rerun it (dvc repro {name})")
     recorded = {d["path"]: d for d in old.get("deps", [])}
     deps = []
@@ -161,6 +186,9 @@ def relocked(name: str, stage: Any, old: dict[str, Any]) -> dict[str, Any]:
     if any(not p.startswith(CODE) for p in dropped):
         raise Refused(f"{name}: data dependencies dropped ({dropped}); rerun it (dvc repro {name})")
     new = dict(old)
+    if page is not None:
+        new["cmd"] = stage.cmd
+        new["outs"] = [o for o in old["outs"] if o["path"] != page]
     if now != old.get("params", {}):
         new["params"] = now
     if deps or "deps" in old:
@@ -233,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     declared = [n for n in entries if entries[n].get("params") != lock[n].get("params")]
     if declared:
         print(f"{len(declared)} of them declare other params, each with the value it ran with")
+    unrendered = [n for n in entries if entries[n]["cmd"] != lock[n]["cmd"]]
+    if unrendered:
+        print(f"{len(unrendered)} of them no longer render their notebook to HTML")
     if refused:
         return 1
     if args.check or not entries:
