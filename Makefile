@@ -50,7 +50,7 @@ study-diversity: setup
 # the stages that read only committed tables (never a model): every figure notebook that does, the
 # claims and the report, rerun in a minute on a fresh clone (a stage whose cached outputs are absent
 # is not a reason to rerun what is upstream of it: --allow-missing)
-FIGURE_STAGES := ppo_summary aggregations replicate diversity_map open_questions report
+FIGURE_STAGES := ppo_summary aggregations replicate cheap diversity_map open_questions report
 figures: setup
 	$(BIN)/dvc repro --single-item --allow-missing --force $(FIGURE_STAGES)
 

@@ -213,14 +213,23 @@ def code_revision(paths: tuple[str, ...] = CODE_PATHS) -> str:
     return f"commit {head.stdout.strip()}" + (", plus uncommitted changes" if dirty else "")
 
 
-def save_figure(fig: Any, path: str | Path, profile: str | None = None, dpi: int = 130) -> Path:
+def save_figure(
+    fig: Any, path: str | Path, profile: str | None = None, dpi: int = 130, pdf: bool = False
+) -> Path:
     """Save a matplotlib figure atomically (the format follows the suffix), recording in the
-    file's metadata the commit and the profile that made it."""
+    file's metadata the commit and the profile that made it and no date, so that the same figure
+    is the same bytes; with `pdf`, a vector PDF of it beside it too (for papers)."""
     path = Path(path)
-    fmt = path.suffix.lstrip(".").lower()
     made_by = f"study ({code_revision()}, profile {profile or 'as selected in params.yaml'})"
-    key = {"png": "Description", "svg": "Description", "pdf": "Subject"}.get(fmt)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt,
-                    metadata={key: made_by} if key else None)  # fmt: skip
+    metadata = {  # None drops the date matplotlib would write
+        "png": {"Description": made_by},
+        "svg": {"Description": made_by, "Date": None},
+        "pdf": {"Subject": made_by, "CreationDate": None},
+    }
+    targets = [path, path.with_suffix(".pdf")] if pdf and path.suffix != ".pdf" else [path]
+    for target in targets:
+        fmt = target.suffix.lstrip(".").lower()
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt,
+                        metadata=metadata.get(fmt))  # fmt: skip
     return path

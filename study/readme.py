@@ -310,15 +310,20 @@ def figures_block(dvc_yaml: Path) -> str:
     git = subprocess.run(["git", "ls-files", "figures"], cwd=dvc_yaml.parent, capture_output=True,
                          text=True, check=False)  # fmt: skip
     tracked = set(git.stdout.split()) if git.returncode == 0 else None
+
+    def made(path: str) -> bool:
+        return path in tracked if tracked is not None else (dvc_yaml.parent / path).exists()
+
     rows = []
     for name, stage in yaml.safe_load(dvc_yaml.read_text())["stages"].items():
         nb = re.search(r"papermill (notebooks/\S+\.ipynb)", stage.get("cmd", ""))
-        for out in stage.get("outs", []):
-            path = next(iter(out)) if isinstance(out, dict) else out
-            if path.startswith("figures/") and "${" not in path:
-                made = path in tracked if tracked is not None else (dvc_yaml.parent / path).exists()
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
+        for path in outs:
+            if path.startswith("figures/") and path.endswith(".png") and "${" not in path:
+                pdf = path.removesuffix(".png") + ".pdf"  # its vector copy, where there is one
+                vector = f" ([PDF]({pdf}))" if pdf in outs and made(pdf) else ""
                 rows.append({
-                    "figure": f"[`{path}`]({path})" if made
+                    "figure": f"[`{path}`]({path}){vector}" if made(path)
                     else f"`{path}` (not in git: `python -m study.pipeline {name}` makes it)",
                     "stage": f"`{name}`", "notebook": f"`{nb.group(1)}`" if nb else "",
                 })  # fmt: skip

@@ -198,3 +198,26 @@ def test_an_unreadable_table_names_the_file_and_the_stage_to_rerun(tmp_path, dam
     with pytest.raises(ArtifactError, match=r"prompts\.parquet: not a readable Parquet table") as e:
         load_prompts(tmp_path, "rl")
     assert "rerun the world stage" in str(e.value)
+
+
+def test_a_figure_with_pdf_gets_a_vector_copy_and_both_are_the_same_bytes_when_saved_again(
+    tmp_path,
+):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from study.io import save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    png = save_figure(fig, tmp_path / "a.png", "smoke", pdf=True)
+    pdf = tmp_path / "a.pdf"
+    assert pdf.read_bytes().startswith(b"%PDF") and b"profile smoke" in pdf.read_bytes()
+    before = png.read_bytes(), pdf.read_bytes()
+    save_figure(fig, tmp_path / "a.png", "smoke", pdf=True)
+    assert (png.read_bytes(), pdf.read_bytes()) == before  # no date in either
+    save_figure(fig, tmp_path / "b.png", "smoke")
+    assert not (tmp_path / "b.pdf").exists()  # only when asked
+    plt.close(fig)

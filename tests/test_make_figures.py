@@ -64,10 +64,15 @@ def test_make_figures_on_a_fresh_clone_remakes_the_published_claims(tmp_path):
     assert not (tmp_path / "artifacts").exists() or not any((tmp_path / "artifacts").rglob("*.pt"))
     for table in ("results/report/claims.csv", "results/aggregations/claims.csv",
                   "results/replicate/claims.csv", "results/ppo/gao_fits.csv",
-                  "results/diversity_map/claims.csv", "results/diversity_map/summary.csv"):  # fmt: skip
+                  "results/cheap/claims.csv", "results/diversity_map/claims.csv",
+                  "results/diversity_map/summary.csv"):  # fmt: skip
         made, published = pd.read_csv(tmp_path / table), pd.read_csv(ROOT / table)
         pd.testing.assert_frame_equal(made, published, check_exact=False, rtol=1e-9)
     assert (tmp_path / "reports/index.html").stat().st_size > 100_000
+    # a vector PDF beside each published figure of these stages
+    pdfs = sorted(p.name for p in (tmp_path / "figures").glob("*.pdf"))
+    assert pdfs == sorted(p.name for p in (ROOT / "figures").glob("*.pdf")) and len(pdfs) == 9
+    assert all((tmp_path / "figures" / p).read_bytes().startswith(b"%PDF") for p in pdfs)
     # the open questions' page: every part's figure, embedded (the page fetches nothing)
     page = (tmp_path / "reports/open_questions.html").read_text()
     assert page.count("<img") == 5 and page.count('src="data:image/png;base64') == 5

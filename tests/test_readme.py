@@ -132,3 +132,24 @@ def test_in_short_states_each_comparison_at_the_level_every_seed_reached():
         "- The same multi-head model as good as the ensemble (parity within ±0.2): -0.40 ± 0.18 "
         "gold at KL 5, paired over 10 seeds: **not supported**.",
     ]
+
+
+def test_the_figures_block_links_each_figure_its_vector_copy_and_names_one_not_made(tmp_path):
+    from study.readme import figures_block
+
+    (tmp_path / "figures").mkdir()
+    for name in ("a.png", "a.pdf", "b.png"):
+        (tmp_path / "figures" / name).write_bytes(b"x")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n"
+        "  s:\n"
+        "    cmd: papermill notebooks/s.ipynb reports/s.ipynb\n"
+        "    outs: [figures/a.png, figures/a.pdf, figures/b.png, figures/c.png]\n"
+    )
+    rows = figures_block(tmp_path / "dvc.yaml").splitlines()[2:]  # no git here: what exists
+    assert rows == [
+        "| [`figures/a.png`](figures/a.png) ([PDF](figures/a.pdf)) | `s` | `notebooks/s.ipynb` |",
+        "| [`figures/b.png`](figures/b.png) | `s` | `notebooks/s.ipynb` |",
+        "| `figures/c.png` (not in git: `python -m study.pipeline s` makes it) | `s` "
+        "| `notebooks/s.ipynb` |",
+    ]
