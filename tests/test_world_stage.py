@@ -99,6 +99,9 @@ def test_world_stage_runs_under_dvc_at_smoke_scale(tmp_path):
     assert run("dvc", "init", "-q").returncode == 0
     result = run("dvc", "repro", "world")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert not (tmp_path / "reports/01_world.html").exists()  # a page is no stage's output
+    rendered = run(sys.executable, "-m", "study.render")  # after a plain `dvc repro`
+    assert rendered.returncode == 0 and "rendered 1 page(s)" in rendered.stdout, rendered.stderr
     for rel in (
         "figures/world_gold_components.png",
         "figures/world_sft_loss.png",
