@@ -23,8 +23,8 @@ a neighbour would disturb). Ready stages start in order of the longest chain of 
 run behind them, counted in the minutes that a stage may estimate in `meta: {minutes: <n>}` (1 if
 it does not), so the critical path goes first.
 
-When the stages have finished, the executed notebooks they wrote are rendered to HTML in one
-process (`study.render`). Each stage's output goes to `.dvc/tmp/pipeline/<stage>.log`; `.dvc/tmp/pipeline/timings.csv`
+When the stages have finished (or stopped on a failure), the executed notebooks they wrote are
+rendered to HTML in one process (`study.render`). Each stage's output goes to `.dvc/tmp/pipeline/<stage>.log`; `.dvc/tmp/pipeline/timings.csv`
 records when each started and ended (and on which Ray node). When a stage fails, nothing new
 starts, the stages already running finish (their results are kept), and the runner exits
 non-zero naming the stage and showing the end of its log. Ctrl-C and SIGTERM stop every running
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not run:
         print("Data and pipelines are up to date.")
-        return _render()
+        return 0 if args.dry else _render()
     prio = priorities(stages, run)
     where = f"the Ray cluster at {args.address}" if args.address else f"{args.cores} core(s)"
     print(f"{len(run)} stage(s) to run on {where} ({args.engine}):")
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             execute(stages, run, args.cores, force=args.force)
     except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        _render()  # the pages of the stages that did finish
         return 1
     except KeyboardInterrupt:
         print("interrupted: every running stage stopped; finished stages are kept", file=sys.stderr)

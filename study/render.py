@@ -48,7 +48,9 @@ def render(reports: Path | str = "reports") -> list[Path]:
     written = []
     for nb in stale_pages(reports):
         try:
-            body, _ = exporter.from_notebook_node(nbformat.read(nb, as_version=4))
+            node = nbformat.read(nb, as_version=4)
+            # the page's title is the notebook's name, as `jupyter nbconvert` gives it
+            body, _ = exporter.from_notebook_node(node, resources={"metadata": {"name": nb.stem}})
         except Exception as e:  # nbformat's and nbconvert's errors share no base class
             raise ArtifactError(
                 f"{nb}: not a readable executed notebook ({type(e).__name__}: {str(e)[:200]}); "

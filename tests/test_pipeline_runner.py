@@ -432,3 +432,28 @@ def test_a_repository_another_dvc_command_holds_is_named_not_a_traceback(
     finally:
         os.killpg(held.pid, signal.SIGKILL)
         held.wait()
+
+
+def test_pages_are_rendered_after_a_run_and_a_failed_one_but_never_by_a_dry_run(
+    tmp_path, monkeypatch
+):
+    import nbformat
+
+    from study.pipeline import main
+
+    root = _project(tmp_path, _stage("ok", [], sleep=0.1) + _stage("bad", [], sleep=0.1, fail=True))
+    monkeypatch.chdir(root)
+    (root / "params.yaml").write_text("profile: default\n")
+    monkeypatch.setattr("study.config.load_params", lambda _p: PARAMS)
+    (root / "reports").mkdir()
+    nbformat.write(nbformat.v4.new_notebook(), root / "reports" / "02_rm_s0.ipynb")
+    page = root / "reports" / "02_rm_s0.html"
+    assert main(["--engine", "local", "--dry"]) == 0 and not page.exists()  # runs nothing
+    assert main(["--engine", "local"]) == 1  # bad fails: what finished still gets its page
+    assert page.exists()
+    page.unlink()
+    (root / "dvc.yaml").write_text((root / "dvc.yaml").read_text().replace(" && exit 3", ""))
+    assert main(["--engine", "local"]) == 0 and page.exists()
+    page.unlink()
+    assert main(["--engine", "local", "--dry"]) == 0 and not page.exists()  # up to date
+    assert main(["--engine", "local"]) == 0 and page.exists()  # up to date: the pages only

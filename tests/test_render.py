@@ -21,7 +21,8 @@ def test_each_executed_notebook_gets_its_page_once_and_again_only_when_newer(tmp
     _notebook(tmp_path / "02_rm_s0.ipynb", "the single reward model")
     _notebook(tmp_path / "08_report.ipynb", "renders its own page")
     assert [p.name for p in render(tmp_path)] == ["02_rm_s0.html"]
-    assert "the single reward model" in (tmp_path / "02_rm_s0.html").read_text()
+    page = (tmp_path / "02_rm_s0.html").read_text()
+    assert "the single reward model" in page and "<title>02_rm_s0</title>" in page
     assert not (tmp_path / "08_report.html").exists()
     assert render(tmp_path) == []  # up to date: nothing rendered again
     nb = tmp_path / "02_rm_s0.ipynb"
