@@ -18,10 +18,10 @@ declares still has its recorded value. A stage whose recorded command ended by c
 executed notebook to HTML (`&& jupyter nbconvert --to html --log-level WARN <its notebook>`,
 which writes that page and nothing else) and whose page is no longer an output is recorded with
 its command and outputs now: every other output is what the shorter command makes. Any other
-difference is refused: a changed command, changed param values (a default changed in `study/config/` included: `params.resolved.yaml` must
-be what the code resolves now), a new data dependency, or an output added or removed. The result
-is the entry `dvc commit` would write were the outputs here. Entries are written in place by
-DVC's own dumper (`study.lockfile.splice`).
+difference is refused: a changed command, changed param values (a default changed in
+`study/config/` included: `params.resolved.yaml` must be what the code resolves now), a new data
+dependency, or an output added or removed. The result is the entry `dvc commit` would write were
+the outputs here. Entries are written in place by DVC's own dumper (`study.lockfile.splice`).
 """
 
 from __future__ import annotations
