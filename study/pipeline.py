@@ -26,9 +26,9 @@ it does not), so the critical path goes first.
 When the stages have finished (or stopped on a failure), the executed notebooks they wrote are
 rendered to HTML in one process (`study.render`). Each stage's output goes to
 `.dvc/tmp/pipeline/<stage>.log`; `.dvc/tmp/pipeline/timings.csv` records when each started and
-ended (and on which Ray node). When a stage fails, nothing new starts, the stages already running finish (their results are kept), and the runner exits
-non-zero naming the stage and showing the end of its log. Ctrl-C and SIGTERM stop every running
-stage's process group and exit 130.
+ended (and on which Ray node). When a stage fails, nothing new starts, the stages already running
+finish (their results are kept), and the runner exits non-zero naming the stage and showing the
+end of its log. Ctrl-C and SIGTERM stop every running stage's process group and exit 130.
 """
 
 from __future__ import annotations
